@@ -1,0 +1,172 @@
+"""The one settings module. Every value is read from the environment with a safe default for the
+embedded mode (SQLite, django-q2's ORM broker, in-memory channel layer: no Redis, no PostgreSQL).
+
+Every variable is listed in README.md under "Configuration"; keep the two in step.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import environ
+
+# litellm fetches a price list from the internet at import unless told not to; the board must not
+# reach anything but the model endpoint the user configured.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DATA_DIR = Path(env.str("BOARD_DATA_DIR", default=str(BASE_DIR / ".data"))).expanduser().resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+WORKTREES_DIR = DATA_DIR / "worktrees"
+RUNS_DIR = DATA_DIR / "runs"
+
+
+def _secret_key() -> str:
+    """The key from DJANGO_SECRET_KEY, else one made once and kept in the data folder, so sessions
+    survive restarts without a key ever being committed."""
+    if env.str("DJANGO_SECRET_KEY", default=""):
+        return env.str("DJANGO_SECRET_KEY")
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "django_q",
+    "board",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+            "builtins": ["template_partials.templatetags.partials"],
+        },
+    },
+]
+
+# SQLite is the embedded default. WAL lets the web process read while workers write; IMMEDIATE
+# transactions plus a busy timeout make concurrent writers queue instead of failing with
+# "database is locked" (Django 5.1+ "transaction_mode"/"init_command" options).
+SQLITE_PATH = Path(env.str("BOARD_DB_PATH", default=str(DATA_DIR / "board.sqlite3")))
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": SQLITE_PATH,
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        # A file, not :memory:, so that tests can share the database with worker and
+        # relay processes the way the board does.
+        "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# django-q2 keeps cluster statistics in the cache; a file cache is shared by every process on the
+# machine, which lets `card start` tell whether any worker is running.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cache"),
+    }
+}
+
+# The in-memory layer does not cross processes: in the embedded mode the web process relays new
+# event rows from the database (board/relay.py), so workers need no channel layer at all.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+BOARD_WORKERS = env.int("BOARD_WORKERS", default=4)
+# The longest a run may take, in seconds; a command agent is killed after it.
+BOARD_RUN_TIMEOUT = env.int("BOARD_RUN_TIMEOUT", default=2 * 60 * 60)
+BOARD_MODEL_TIMEOUT = env.float("BOARD_MODEL_TIMEOUT", default=120.0)
+BOARD_MAX_STEPS = env.int("BOARD_MAX_STEPS", default=40)
+BOARD_BRANCH_PREFIX = env.str("BOARD_BRANCH_PREFIX", default="agent")
+BOARD_GIT_NAME = env.str("BOARD_GIT_NAME", default="Agent Board")
+BOARD_GIT_EMAIL = env.str("BOARD_GIT_EMAIL", default="agent-board@localhost")
+# How often, in seconds, the web process looks for new event rows to push (embedded mode).
+BOARD_RELAY_INTERVAL = env.float("BOARD_RELAY_INTERVAL", default=0.25)
+
+# django-q2: `timeout` longer than the longest run and `retry` longer than `timeout`, or the broker
+# hands a task out again while it still runs (django-q2 docs, "Configure: retry"); one attempt only,
+# since a run is never repeated behind the lead's back.
+Q_CLUSTER = {
+    "name": "board",
+    "workers": BOARD_WORKERS,
+    "orm": "default",
+    "timeout": BOARD_RUN_TIMEOUT + 300,
+    "retry": BOARD_RUN_TIMEOUT + 600,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "poll": 0.5,
+    "save_limit": 200,
+    "label": "Tasks",
+}
+# Tests run tasks in the calling process.
+if env.bool("BOARD_Q_SYNC", default=False):
+    Q_CLUSTER["sync"] = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("BOARD_TIME_ZONE", default="UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+# Serve straight from the app and project static folders, so no collectstatic step is needed.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env.str("BOARD_LOG_LEVEL", default="WARNING")},
+    "loggers": {"board": {"level": "INFO"}, "agents": {"level": "INFO"}},
+}
