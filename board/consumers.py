@@ -1,0 +1,89 @@
+"""Websocket consumers. They only push HTML for htmx's ws extension (each top-level element is
+swapped by its id); every write goes through a normal POST view."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from board import relay
+from board.models import Card, Project
+from board.views import board_context, card_context
+
+# Event kinds that change what a card shows on the board or in its detail.
+BOARD_KINDS = {"card", "state", "step", "log", "checkpoint"}
+
+
+class BoardConsumer(AsyncWebsocketConsumer):
+    """Pushes card updates of one project's board: a card re-rendered in place, or moved to the top
+    of its new column. On (re)connect it sends all columns, so a browser that missed pushes is
+    made right at once."""
+
+    async def connect(self):
+        self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
+        if not await database_sync_to_async(Project.objects.filter(pk=self.project_id).exists)():
+            await self.close(code=4404)
+            return
+        await self.channel_layer.group_add(relay.project_group(self.project_id), self.channel_name)
+        await self.accept()
+        relay.ensure_started()
+        await self.send(text_data=await self._render_columns())
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(relay.project_group(self.project_id), self.channel_name)
+
+    @database_sync_to_async
+    def _render_columns(self) -> str:
+        project = Project.objects.get(pk=self.project_id)
+        return render_to_string("board/board.html#columns", board_context(project, oob=True))
+
+    @database_sync_to_async
+    def _render_card(self, event: dict) -> str:
+        card = Card.objects.select_related("agent", "current_run").filter(pk=event["card_id"]).first()
+        if card is None:
+            return f'<div id="card-{event["card_id"]}" hx-swap-oob="delete"></div>'
+        data = event.get("data") or {}
+        moved = event["kind"] == "card" and data.get("to") and data.get("from") != data.get("to")
+        return render_to_string("board/board.html#card-push", {"card": card, "moved": moved, "created": data.get("from") is None})
+
+    async def board_event(self, event):
+        if event["kind"] in BOARD_KINDS:
+            await self.send(text_data=await self._render_card(event))
+
+
+class CardConsumer(AsyncWebsocketConsumer):
+    """Pushes one card's detail: new log lines appended, the header (state, last line) re-rendered,
+    and the commits and diff when a run ends or checkpoints."""
+
+    async def connect(self):
+        self.card_id = self.scope["url_route"]["kwargs"]["card_id"]
+        if not await database_sync_to_async(Card.objects.filter(pk=self.card_id).exists)():
+            await self.close(code=4404)
+            return
+        await self.channel_layer.group_add(relay.card_group(self.card_id), self.channel_name)
+        await self.accept()
+        relay.ensure_started()
+        await self.send(text_data=await self._render(["header", "log"]))
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(relay.card_group(self.card_id), self.channel_name)
+
+    @database_sync_to_async
+    def _render(self, parts: list[str]) -> str:
+        card = Card.objects.select_related("project", "agent", "current_run").get(pk=self.card_id)
+        context = card_context(card, with_diff="diff" in parts)
+        return "".join(render_to_string(f"board/card_detail.html#{p}", {**context, "oob": True}) for p in parts)
+
+    async def board_event(self, event):
+        kind = event["kind"]
+        if kind in ("log", "step"):
+            html = render_to_string("board/card_detail.html#log-push", {"event": event})
+            await self.send(text_data=html)
+        if kind in ("state", "card", "checkpoint"):
+            parts = ["header"]
+            if kind == "checkpoint" or (kind == "state" and event["text"] not in ("queued", "running")):
+                parts += ["commits", "diff"]
+            await self.send(text_data=await self._render(parts))
+        elif kind == "step":
+            await self.send(text_data=await self._render(["header"]))

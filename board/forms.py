@@ -1,0 +1,117 @@
+"""Forms: the one place input is checked, for the pages and the `manage.py` commands alike."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from django import forms
+
+from agents import worktrees
+from board.models import Agent, Project
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ProjectForm(forms.ModelForm):
+    """Add a project: a local git repository and its base branch (default: the branch checked out
+    there). Refuses a path that is not a repository and a branch that does not exist."""
+
+    name = forms.CharField(required=False, max_length=200, help_text="Defaults to the folder's name.")
+    base_branch = forms.CharField(
+        required=False, max_length=255, help_text="Defaults to the branch checked out in the repository."
+    )
+    branch_prefix = forms.CharField(required=False, max_length=100)
+
+    class Meta:
+        model = Project
+        fields = ["repo_path", "base_branch", "name", "branch_prefix"]
+        labels = {"repo_path": "Repository path"}
+
+    def clean_repo_path(self):
+        path = os.path.abspath(os.path.expanduser(self.cleaned_data["repo_path"].strip()))
+        try:
+            self.repo_info = worktrees.inspect_repository(path)
+        except worktrees.GitError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return self.repo_info.path
+
+    def clean_branch_prefix(self):
+        from django.conf import settings
+
+        prefix = self.cleaned_data["branch_prefix"].strip() or settings.BOARD_BRANCH_PREFIX
+        if worktrees.branch_name(prefix, 1, "x") != f"{prefix}/1-x":
+            raise forms.ValidationError("Use letters, digits, '-', '_' and '/' only in the branch prefix.")
+        return prefix
+
+    def clean(self):
+        data = super().clean()
+        info = getattr(self, "repo_info", None)
+        if info is None:
+            return data
+        base = (data.get("base_branch") or "").strip() or info.current_branch
+        if not base:
+            self.add_error("base_branch", "The repository has no branch checked out (detached HEAD): name the base branch.")
+            return data
+        try:
+            worktrees.resolve_base(info.path, base)
+        except worktrees.GitError as exc:
+            self.add_error("base_branch", str(exc))
+            return data
+        data["base_branch"] = base
+        data["name"] = (data.get("name") or "").strip() or os.path.basename(info.path.rstrip("/")) or info.path
+        return data
+
+
+class AgentForm(forms.ModelForm):
+    """Add an agent: a command line (``kind=command``) or the built-in loop on a litellm model
+    (``kind=builtin``)."""
+
+    class Meta:
+        model = Agent
+        fields = ["name", "kind", "command", "model", "api_base", "api_key_env"]
+        labels = {"api_key_env": "API key environment variable", "api_base": "API base URL"}
+        widgets = {"command": forms.Textarea(attrs={"rows": 2})}
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise forms.ValidationError("Give the agent a name.")
+        return name
+
+    def clean_api_key_env(self):
+        value = self.cleaned_data["api_key_env"].strip()
+        if value and not ENV_NAME.match(value):
+            raise forms.ValidationError(
+                "Give the NAME of an environment variable (such as OPENAI_API_KEY), not the key itself."
+            )
+        return value
+
+    def clean_api_base(self):
+        value = self.cleaned_data["api_base"].strip()
+        if value and not re.match(r"^https?://\S+$", value):
+            raise forms.ValidationError("The API base must be an http:// or https:// URL.")
+        return value
+
+    def clean(self):
+        data = super().clean()
+        kind = data.get("kind")
+        if kind == Agent.Kind.COMMAND and not (data.get("command") or "").strip():
+            self.add_error("command", "A command agent needs a command line.")
+        if kind == Agent.Kind.BUILTIN and not (data.get("model") or "").strip():
+            self.add_error("model", "The built-in agent needs a model, such as openai/gpt-4o-mini or ollama_chat/qwen2.5-coder.")
+        return data
+
+
+class CardForm(forms.Form):
+    """Create a card: a title, the prompt for the agent and an enabled agent."""
+
+    title = forms.CharField(max_length=300)
+    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, label="Description (prompt)")
+    agent = forms.ModelChoiceField(queryset=Agent.objects.filter(enabled=True), empty_label=None, to_field_name="name")
+
+    def clean_title(self):
+        title = " ".join(self.cleaned_data["title"].split())
+        if not title:
+            raise forms.ValidationError("Give the card a title.")
+        return title

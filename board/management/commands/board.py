@@ -1,0 +1,126 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from board.models import Run
+
+DEFAULT_PORT = 8300
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of what is left at shutdown
+RECONCILE_EVERY = 5.0  # seconds between checks for runs whose worker died
+
+
+def worker_alive(host: str, pid: int | None) -> bool:
+    """Whether the worker that claimed a run still lives. Runs claimed on another host are
+    assumed alive: only that host can tell."""
+    if host != socket.gethostname():
+        return True
+    return pid is not None and psutil.pid_exists(pid)
+
+
+def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The process and all its descendants, agents in their own sessions included; taken before
+    any signal is sent, since children of a dead parent are re-parented and lost from view."""
+    try:
+        root = psutil.Process(proc.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class Command(BaseCommand):
+    help = "Start the board: the web server (daphne) and the workers (django-q2) together; Ctrl-C stops both."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("BOARD_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("BOARD_PORT", DEFAULT_PORT)))
+        parser.add_argument("--workers", type=int, default=settings.BOARD_WORKERS, help="Parallel agent runs.")
+
+    def handle(self, *args, host, port, workers, **options):
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        call_command("migrate", interactive=False, verbosity=0)
+        # Nothing of ours runs yet, so a run still marked running has lost its process.
+        stale = Run.objects.interrupt_orphans(lambda host_, pid: False, reason="the board stopped while it ran")
+        if stale:
+            self.stdout.write(f"Marked {stale} run(s) left running by a previous board as interrupted.")
+        env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1"}
+        base = str(settings.BASE_DIR)
+        # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the
+        # children in order instead of all of them racing.
+        self.children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "config.asgi:application"],
+                cwd=base, env=env, start_new_session=True,
+            ),
+            subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=base, env=env, start_new_session=True),
+        ]
+        self.stopping = False
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        code = 0
+        try:
+            if not self._wait_for_port(host, port):
+                raise CommandError(f"The web server did not start on {host}:{port} (is the port in use?).")
+            shown = f"[{host}]" if ":" in host else host
+            self.stdout.write(
+                f"Board running at http://{shown}:{port}/ with {workers} worker(s); data in {settings.DATA_DIR}. "
+                "Press Ctrl-C to stop."
+            )
+            self.stdout.flush()
+            last_check = time.monotonic()
+            while not self.stopping:
+                time.sleep(0.2)
+                dead = [p for p in self.children if p.poll() is not None]
+                if dead:
+                    self.stderr.write(f"A board process exited (status {dead[0].returncode}); stopping.")
+                    code = 1
+                    break
+                if time.monotonic() - last_check > RECONCILE_EVERY:
+                    last_check = time.monotonic()
+                    Run.objects.interrupt_orphans(worker_alive, reason="its worker process died")
+        finally:
+            self._stop_all()
+        if code:
+            sys.exit(code)
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+
+    def _wait_for_port(self, host: str, port: int, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            if any(p.poll() is not None for p in self.children):
+                return False
+            try:
+                with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), 0.5):
+                    return True
+            except OSError:
+                time.sleep(0.2)
+        return False
+
+    def _stop_all(self) -> None:
+        procs = [p for child in self.children for p in _tree(child)]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=STOP_GRACE)
+        for child in self.children:
+            child.poll()
+        stopped = Run.objects.interrupt_orphans(worker_alive, reason="the board was stopped while it ran")
+        self.stdout.write("Board stopped." + (f" {stopped} run(s) interrupted." if stopped else ""))

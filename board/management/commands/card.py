@@ -1,0 +1,88 @@
+import json
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from board.forms import CardForm
+from board.management.commands._cli import form_errors
+from board.models import BoardError, Card, Project
+
+
+def workers_running() -> bool:
+    """True when a django-q2 cluster has reported itself in the last few seconds (its statistics
+    live in the shared cache with a 3 s lifetime)."""
+    from django_q.status import Stat
+
+    return bool(Stat.get_all())
+
+
+class Command(BaseCommand):
+    help = "Manage cards: add, start [--wait], show --json."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        add = sub.add_parser("add", help="Add a card to a project's Backlog; prints the new id last.")
+        add.add_argument("--project", type=int, required=True)
+        add.add_argument("--title", required=True)
+        add.add_argument("--prompt", default="")
+        add.add_argument("--agent", required=True, help="Agent name.")
+        start = sub.add_parser("start", help="Queue a card for the running workers.")
+        start.add_argument("id", type=int)
+        start.add_argument("--wait", action="store_true", help="Wait for the run to end and print the card's JSON.")
+        start.add_argument("--timeout", type=float, default=None, help="Seconds to wait at most (with --wait).")
+        show = sub.add_parser("show", help="Show a card.")
+        show.add_argument("id", type=int)
+        show.add_argument("--json", action="store_true", help="One JSON object on one line.")
+
+    def handle(self, *args, action, **options):
+        getattr(self, f"do_{action}")(options)
+
+    def _card(self, card_id: int) -> Card:
+        card = Card.objects.select_related("current_run", "project").filter(pk=card_id).first()
+        if card is None:
+            raise CommandError(f"No card with id {card_id}.")
+        return card
+
+    def do_add(self, options):
+        project = Project.objects.filter(pk=options["project"]).first()
+        if project is None:
+            raise CommandError(f"No project with id {options['project']}.")
+        form = CardForm({"title": options["title"], "prompt": options["prompt"], "agent": options["agent"]})
+        if not form.is_valid():
+            raise form_errors(form)
+        card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"])
+        self.stdout.write(f"Added card '{card.title}' to {project.name}'s Backlog")
+        self.stdout.write(str(card.pk))
+
+    def do_start(self, options):
+        card = self._card(options["id"])
+        if not workers_running():
+            raise CommandError("No worker is running: start the board first (./run, or python manage.py board).")
+        try:
+            run = card.start()
+        except BoardError as exc:
+            raise CommandError(str(exc)) from exc
+        if not options["wait"]:
+            self.stdout.write(f"Card {card.pk} queued as run {run.pk}")
+            return
+        deadline = None if options["timeout"] is None else time.monotonic() + options["timeout"]
+        while True:
+            run.refresh_from_db()
+            if not run.is_active:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                self.stdout.write(json.dumps(self._card(card.pk).as_dict()))
+                raise CommandError(f"Run {run.pk} is still {run.state} after {options['timeout']:g} s.")
+            time.sleep(0.5)
+        data = self._card(card.pk).as_dict()
+        self.stdout.write(json.dumps(data))
+        if data["state"] != "succeeded":
+            raise CommandError(f"Run {run.pk} ended {data['state']}: {data['error']}")
+
+    def do_show(self, options):
+        data = self._card(options["id"]).as_dict()
+        if options["json"]:
+            self.stdout.write(json.dumps(data))
+            return
+        for key, value in data.items():
+            self.stdout.write(f"{key}: {value}")

@@ -1,0 +1,321 @@
+"""The domain: projects, agents, cards, runs and their events.
+
+This module knows no views, no git, no subprocess and no model provider (see DESIGN.md, "Which part
+may know which"). Only the server moves a run or a card; the methods here are the only way it does.
+"""
+
+from __future__ import annotations
+
+from django.db import models, transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+
+class BoardError(Exception):
+    """A request the domain refuses; ``str(e)`` is a sentence to show the user."""
+
+
+class Column(models.TextChoices):
+    BACKLOG = "backlog", "Backlog"
+    IN_PROGRESS = "in_progress", "In Progress"
+    REVIEW = "review", "Review"
+    DONE = "done", "Done"
+
+
+class RunState(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    STOPPED = "stopped", "stopped"
+    INTERRUPTED = "interrupted", "interrupted"
+
+
+ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.AWAITING_APPROVAL)
+FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED, RunState.INTERRUPTED)
+
+
+class Project(models.Model):
+    """A local git repository the board works on: worktrees are made from ``base_branch``."""
+
+    name = models.CharField(max_length=200)
+    repo_path = models.CharField(max_length=4096, help_text="Absolute path of the repository's working tree.")
+    base_branch = models.CharField(max_length=255)
+    branch_prefix = models.CharField(max_length=100, default="agent")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self):
+        return self.name
+
+
+class Agent(models.Model):
+    """Who works on a card: a command line (an external CLI agent or any script) or the built-in
+    tool-calling loop over litellm, configured by a litellm model string, an optional API base and
+    the *name* of the environment variable that holds the key (never the key itself)."""
+
+    class Kind(models.TextChoices):
+        COMMAND = "command", "Command"
+        BUILTIN = "builtin", "Built-in"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    command = models.TextField(blank=True, help_text="Shell command run in the worktree (command agents).")
+    program = models.CharField(
+        max_length=100, blank=True, help_text="Executable a ready-made template needs; empty for your own."
+    )
+    model = models.CharField(max_length=200, blank=True, help_text="litellm model string (built-in agents).")
+    api_base = models.CharField(max_length=500, blank=True)
+    api_key_env = models.CharField(max_length=100, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-enabled", "name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def describe(self) -> str:
+        """One line for lists: the command, or the model and where it is served."""
+        if self.kind == self.Kind.COMMAND:
+            return self.command
+        return self.model + (f" @ {self.api_base}" if self.api_base else "")
+
+
+class Card(models.Model):
+    """A task on the board. ``branch`` and ``worktree_path`` are set by its first run and then kept,
+    even when the title changes."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cards")
+    title = models.CharField(max_length=300)
+    prompt = models.TextField(blank=True, help_text="What the agent is asked to do.")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, null=True, related_name="cards")
+    column = models.CharField(max_length=20, choices=Column.choices, default=Column.BACKLOG)
+    position = models.IntegerField(default=0)
+    branch = models.CharField(max_length=300, blank=True)
+    worktree_path = models.CharField(max_length=4096, blank=True)
+    current_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self):
+        return f"#{self.pk} {self.title}"
+
+    @classmethod
+    def create(cls, project: Project, title: str, prompt: str, agent: Agent | None) -> Card:
+        """A new card at the end of the Backlog, announced to open boards."""
+        with transaction.atomic():
+            last = project.cards.filter(column=Column.BACKLOG).aggregate(m=Max("position"))["m"]
+            card = cls.objects.create(
+                project=project, title=title, prompt=prompt, agent=agent, position=(last or 0) + 1
+            )
+            Event.record(card, None, "card", "created", {"to": card.column})
+        return card
+
+    @property
+    def is_running(self) -> bool:
+        return self.current_run is not None and self.current_run.state in ACTIVE_STATES
+
+    def start(self) -> Run:
+        """Queue a run of the card's agent and move the card to In Progress.
+
+        The task is enqueued only after the transaction commits, with the run's id, so a worker never
+        sees a run that is not stored. Raises BoardError when the card is already running, is done,
+        or has no enabled agent."""
+        from django_q.tasks import async_task
+
+        with transaction.atomic():
+            card = Card.objects.select_related("agent").get(pk=self.pk)
+            if card.runs.filter(state__in=ACTIVE_STATES).exists():
+                raise BoardError("This card is already running.")
+            if card.column == Column.DONE:
+                raise BoardError("This card is done; create a new card for more work.")
+            if card.agent is None:
+                raise BoardError("Choose an agent for this card first.")
+            if not card.agent.enabled:
+                raise BoardError(f"The agent '{card.agent.name}' is not enabled.")
+            run = Run.objects.create(card=card, agent=card.agent, state=RunState.QUEUED)
+            card.current_run = run
+            card.save(update_fields=["current_run", "updated_at"])
+            card.move_to(Column.IN_PROGRESS)
+            run.emit("state", "queued")
+            transaction.on_commit(lambda: async_task("agents.tasks.execute_run", run.pk, task_name=f"run-{run.pk}"))
+        self.refresh_from_db()
+        return run
+
+    def move_to(self, column: str) -> None:
+        """Put the card at the top of ``column`` and tell open boards where it went."""
+        if self.column == column:
+            return
+        old = self.column
+        first = Card.objects.filter(project_id=self.project_id, column=column).aggregate(m=models.Min("position"))["m"]
+        self.column = column
+        self.position = (first or 0) - 1
+        self.save(update_fields=["column", "position", "updated_at"])
+        Event.record(self, self.current_run, "card", "moved", {"from": old, "to": column})
+
+    def as_dict(self) -> dict:
+        """The card as ``card show --json`` prints it: id, state (of the latest run, or "idle"),
+        column, branch, worktree, base_commit, commits (the branch's new commit ids, oldest first, as
+        the latest run recorded them), summary and error."""
+        run = self.current_run
+        return {
+            "id": self.pk,
+            "title": self.title,
+            "state": run.state if run else "idle",
+            "column": self.column,
+            "branch": self.branch,
+            "worktree": self.worktree_path,
+            "base_commit": run.base_commit if run else "",
+            "commits": list(run.commits) if run else [],
+            "summary": run.summary if run else "",
+            "error": run.error if run else "",
+        }
+
+
+class RunQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(state__in=ACTIVE_STATES)
+
+    def interrupt_orphans(self, is_alive, reason: str) -> int:
+        """Mark interrupted every running run whose worker is gone, so no card shows "running"
+        with nothing behind it. ``is_alive(host, pid) -> bool`` is the caller's test (the domain
+        knows no processes). Returns how many runs were marked."""
+        count = 0
+        for run in self.filter(state=RunState.RUNNING).select_related("card"):
+            if is_alive(run.worker_host, run.worker_pid):
+                continue
+            # Re-check under the write so a run that just ended is not overwritten.
+            if Run.objects.filter(pk=run.pk, state=RunState.RUNNING).exists():
+                run.finish(RunState.INTERRUPTED, error=f"Interrupted: {reason}. Its work so far is kept in the worktree.")
+                count += 1
+        return count
+
+
+class Run(models.Model):
+    """One attempt of an agent at a card. Its events are numbered 1, 2, … by ``last_seq``."""
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="runs")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="runs")
+    state = models.CharField(max_length=20, choices=RunState.choices, default=RunState.QUEUED)
+    base_commit = models.CharField(max_length=64, blank=True)
+    commits = models.JSONField(default=list, blank=True)
+    summary = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    last_line = models.CharField(max_length=300, blank=True, help_text="The latest step or output line.")
+    agent_state = models.JSONField(default=dict, blank=True, help_text="The built-in agent's stored conversation.")
+    last_seq = models.IntegerField(default=0)
+    worker_host = models.CharField(max_length=255, blank=True)
+    worker_pid = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return f"run {self.pk} of card {self.card_id} ({self.state})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @classmethod
+    def claim(cls, run_id: int, host: str, pid: int) -> Run | None:
+        """Atomically take a queued run for this worker; None when it is gone or someone else has it,
+        so a redelivered task never runs an agent twice."""
+        now = timezone.now()
+        taken = cls.objects.filter(pk=run_id, state=RunState.QUEUED).update(
+            state=RunState.RUNNING, started_at=now, worker_host=host, worker_pid=pid
+        )
+        if not taken:
+            return None
+        run = cls.objects.select_related("card__project", "agent").get(pk=run_id)
+        run.emit("state", "running")
+        return run
+
+    def emit(self, kind: str, text: str = "", data: dict | None = None) -> Event:
+        """Append one event to this run's stream (the next sequence number) and, for steps and
+        output, remember its last line for the card. Kinds: state, step, log, checkpoint, usage."""
+        with transaction.atomic():
+            updates = {"last_seq": F("last_seq") + 1}
+            if kind in ("step", "log") and text.strip():
+                updates["last_line"] = text.strip().splitlines()[-1][:300]
+            Run.objects.filter(pk=self.pk).update(**updates)
+            self.last_seq = Run.objects.values_list("last_seq", flat=True).get(pk=self.pk)
+            if "last_line" in updates:
+                self.last_line = updates["last_line"]
+            return Event.objects.create(
+                run=self,
+                card_id=self.card_id,
+                project_id=Card.objects.values_list("project_id", flat=True).get(pk=self.card_id),
+                seq=self.last_seq,
+                kind=kind,
+                text=text,
+                data=data or {},
+            )
+
+    def finish(self, state: str, summary: str = "", error: str = "", commits: list[str] | None = None) -> None:
+        """End the run in a final state. A run that succeeded moves its card to Review; any other
+        end leaves the card where it is, showing the state and the reason."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"{state!r} is not a final run state")
+        with transaction.atomic():
+            self.state = state
+            self.summary = summary[:2000]
+            self.error = error[:4000]
+            self.ended_at = timezone.now()
+            if commits is not None:
+                self.commits = commits
+            self.save(update_fields=["state", "summary", "error", "ended_at", "commits"])
+            self.emit("state", state, {"summary": self.summary, "error": self.error})
+            if state == RunState.SUCCEEDED:
+                card = Card.objects.get(pk=self.card_id)
+                card.move_to(Column.REVIEW)
+
+    @property
+    def elapsed_seconds(self) -> int | None:
+        if not self.started_at:
+            return None
+        end = self.ended_at or timezone.now()
+        return int((end - self.started_at).total_seconds())
+
+
+class Event(models.Model):
+    """One entry of the append-only stream the board shows live: written first, pushed after.
+
+    ``seq`` numbers a run's events from 1 (0 for card events outside a run); the relay reads rows
+    by ``id``, so a browser that missed a push still finds the truth here."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, related_name="events")
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="events")
+    project_id = models.BigIntegerField(db_index=True)
+    seq = models.IntegerField(default=0)
+    kind = models.CharField(max_length=20)
+    text = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], condition=models.Q(seq__gt=0), name="event_run_seq"),
+        ]
+
+    @classmethod
+    def record(cls, card: Card, run: Run | None, kind: str, text: str = "", data: dict | None = None) -> Event:
+        """An event about the card itself (created, moved), outside any run's numbering."""
+        return cls.objects.create(
+            card=card, run=run, project_id=card.project_id, seq=0, kind=kind, text=text, data=data or {}
+        )

@@ -1,0 +1,77 @@
+"""The doorbell between workers and browsers in the embedded mode.
+
+Workers only write event rows; the in-memory channel layer does not cross processes. So each web
+process runs one relay task that reads rows newer than the last it saw, by id, a few times a second
+(BOARD_RELAY_INTERVAL), and publishes them to the channel-layer groups of their project and card. The
+table stays the truth: a consumer that connects renders from it, and the relay only rings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db.models import Max
+
+from board.models import Event
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+_task: asyncio.Task | None = None
+
+
+def project_group(project_id: int) -> str:
+    """Channel-layer group of everyone watching a project's board."""
+    return f"project-{project_id}"
+
+
+def card_group(card_id: int) -> str:
+    """Channel-layer group of everyone watching one card's detail."""
+    return f"card-{card_id}"
+
+
+def ensure_started() -> None:
+    """Start this process's relay on the running event loop, once (again if its loop has ended,
+    which happens between tests)."""
+    global _task
+    loop = asyncio.get_running_loop()
+    if _task is not None and not _task.done() and _task.get_loop() is loop:
+        return
+    _task = loop.create_task(_relay(), name="board-event-relay")
+
+
+@database_sync_to_async
+def _latest_id() -> int:
+    return Event.objects.aggregate(m=Max("id"))["m"] or 0
+
+
+@database_sync_to_async
+def _rows_after(last_id: int) -> list[dict]:
+    return list(
+        Event.objects.filter(id__gt=last_id)
+        .order_by("id")
+        .values("id", "run_id", "card_id", "project_id", "seq", "kind", "text", "data")[:BATCH]
+    )
+
+
+async def _relay() -> None:
+    layer = get_channel_layer()
+    last_id = await _latest_id()
+    while True:
+        try:
+            rows = await _rows_after(last_id)
+        except Exception:  # the database may be busy or briefly gone; the rows will still be there
+            log.exception("relay could not read events")
+            await asyncio.sleep(1)
+            continue
+        for row in rows:
+            last_id = row["id"]
+            message = {"type": "board.event", **row}
+            await layer.group_send(project_group(row["project_id"]), message)
+            await layer.group_send(card_group(row["card_id"]), message)
+        if len(rows) < BATCH:
+            await asyncio.sleep(settings.BOARD_RELAY_INTERVAL)

@@ -1,0 +1,162 @@
+"""Pages and htmx endpoints. Each view fetches, calls a model method and renders a partial or
+redirects; none runs an agent (DESIGN.md, "Style")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from django.contrib import messages
+from django.db.models import Count
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_POST
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import DiffLexer
+
+from agents import worktrees
+from board.forms import AgentForm, CardForm, ProjectForm
+from board.models import Agent, BoardError, Card, Column, Project
+
+LOG_TAIL = 500  # events shown when a card opens; the rest stays in the table
+DIFF_LIMIT = 400_000  # characters of diff rendered at once; longer diffs are cut with a note
+
+
+def home(request):
+    projects = Project.objects.annotate(card_count=Count("cards"))
+    return render(request, "board/home.html", {"projects": projects, "form": ProjectForm()})
+
+
+@require_POST
+def project_create(request):
+    form = ProjectForm(request.POST)
+    if form.is_valid():
+        project = form.save()
+        return redirect("board", project_id=project.pk)
+    projects = Project.objects.annotate(card_count=Count("cards"))
+    return render(request, "board/home.html", {"projects": projects, "form": form}, status=422)
+
+
+def board_context(project: Project, oob: bool = False) -> dict:
+    """What the board template needs: the project and its cards in the four columns, in order."""
+    cards = list(project.cards.select_related("agent", "current_run"))
+    columns = [
+        {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
+        for value, label in Column.choices
+    ]
+    return {"project": project, "columns": columns, "oob": oob}
+
+
+def board(request, project_id):
+    project = get_object_or_404(Project, pk=project_id)
+    context = board_context(project)
+    context.update(projects=Project.objects.all(), form=CardForm(), has_agents=Agent.objects.filter(enabled=True).exists())
+    return render(request, "board/board.html", context)
+
+
+@require_POST
+def card_create(request, project_id):
+    project = get_object_or_404(Project, pk=project_id)
+    form = CardForm(request.POST)
+    if not form.is_valid():
+        return render(request, "board/board.html#card-form", {"project": project, "form": form}, status=422)
+    card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"])
+    if request.htmx:
+        # The new card goes into the Backlog at once; the push that follows replaces it by id.
+        html = render_to_string("board/board.html#card-form", {"project": project, "form": CardForm()}, request)
+        html += render_to_string("board/board.html#card-push", {"card": card, "moved": True, "created": True}, request)
+        return HttpResponse(html)
+    return redirect("board", project_id=project.pk)
+
+
+def _commits(card: Card) -> list[worktrees.Commit]:
+    run = card.current_run
+    if not (run and run.base_commit and card.worktree_path and os.path.isdir(card.worktree_path)):
+        return []
+    try:
+        return worktrees.new_commits(card.worktree_path, run.base_commit)
+    except worktrees.GitError:
+        return []
+
+
+def _diff_html(card: Card) -> tuple[str, str]:
+    """The branch's diff against its merge-base with the base branch, highlighted, and a note."""
+    if not card.branch:
+        return "", "No branch yet: start the card."
+    try:
+        text = worktrees.diff_against_base(card.project.repo_path, card.project.base_branch, card.branch)
+    except worktrees.GitError as exc:
+        return "", str(exc)
+    if not text:
+        return "", "No changes against the base branch yet."
+    note = ""
+    if len(text) > DIFF_LIMIT:
+        note = f"The diff is {len(text):,} characters; the first {DIFF_LIMIT:,} are shown."
+        text = text[:DIFF_LIMIT]
+    return highlight(text, DiffLexer(), HtmlFormatter(nowrap=True)), note
+
+
+def card_context(card: Card, with_diff: bool = True) -> dict:
+    """What the card page needs: the card, its runs, the latest run's log tail, its commits and,
+    when asked, its highlighted diff."""
+    run = card.current_run
+    events = []
+    if run:
+        events = list(run.events.filter(kind__in=("log", "step", "state")).order_by("-seq")[:LOG_TAIL])[::-1]
+    context = {
+        "card": card,
+        "run": run,
+        "runs": card.runs.select_related("agent").order_by("-id"),
+        "events": events,
+        "earlier": bool(events) and events[0].seq > 1,
+        "commits": _commits(card),
+        "can_start": not card.is_running and card.column != Column.DONE,
+    }
+    if with_diff:
+        context["diff_html"], context["diff_note"] = _diff_html(card)
+    return context
+
+
+def card_detail(request, card_id):
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    return render(request, "board/card_detail.html", card_context(card))
+
+
+@require_POST
+def card_start(request, card_id):
+    card = get_object_or_404(Card.objects.select_related("project", "agent"), pk=card_id)
+    error = ""
+    try:
+        card.start()
+    except BoardError as exc:
+        error = str(exc)
+    card = Card.objects.select_related("agent", "current_run").get(pk=card.pk)
+    if request.htmx:
+        return render(request, "board/board.html#card", {"card": card, "error": error}, status=409 if error else 200)
+    if error:
+        messages.error(request, error)
+    return redirect("card_detail", card_id=card.pk)
+
+
+def agents(request):
+    form = AgentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        agent = form.save()
+        messages.success(request, f"Agent '{agent.name}' added.")
+        return redirect("agents")
+    rows = [(a, not a.program or shutil.which(a.program) is not None) for a in Agent.objects.all()]
+    return render(request, "board/agents.html", {"rows": rows, "form": form}, status=422 if form.errors else 200)
+
+
+@require_POST
+def agent_toggle(request, agent_id):
+    agent = get_object_or_404(Agent, pk=agent_id)
+    if not agent.enabled and agent.program and shutil.which(agent.program) is None:
+        messages.error(request, f"'{agent.program}' is not installed on this machine, so '{agent.name}' cannot be enabled.")
+    else:
+        agent.enabled = not agent.enabled
+        agent.save(update_fields=["enabled"])
+    return redirect("agents")
+

@@ -1,0 +1,37 @@
+// Elapsed times tick in the browser from the run's start time; the server pushes only changes.
+(function () {
+  function fmt(seconds) {
+    seconds = Math.max(0, Math.floor(seconds));
+    var h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+    var mm = (h ? String(m).padStart(2, "0") : String(m));
+    return (h ? h + ":" : "") + mm + ":" + String(s).padStart(2, "0");
+  }
+  function tick() {
+    document.querySelectorAll("time[data-since]").forEach(function (el) {
+      var since = Date.parse(el.dataset.since);
+      var until = el.dataset.until ? Date.parse(el.dataset.until) : Date.now();
+      if (!isNaN(since)) el.textContent = fmt((until - since) / 1000);
+    });
+  }
+  function stickLog() {
+    var log = document.getElementById("log");
+    if (log && log.dataset.follow !== "off") log.scrollTop = log.scrollHeight;
+  }
+  document.addEventListener("DOMContentLoaded", function () { tick(); stickLog(); });
+  document.addEventListener("htmx:oobAfterSwap", function () { tick(); stickLog(); });
+  document.addEventListener("htmx:afterSwap", tick);
+  document.addEventListener("scroll", function (e) {
+    var log = document.getElementById("log");
+    if (log && e.target === log) {
+      log.dataset.follow = (log.scrollTop + log.clientHeight >= log.scrollHeight - 20) ? "on" : "off";
+    }
+  }, true);
+  // Say whether live updates are flowing, so a silent board is never mistaken for an idle one.
+  function wsStatus(text, cls) {
+    var el = document.getElementById("ws-status");
+    if (el) { el.textContent = text; el.className = "ws-status " + cls; }
+  }
+  document.addEventListener("htmx:wsOpen", function () { wsStatus("live", "ok"); });
+  document.addEventListener("htmx:wsClose", function () { wsStatus("reconnecting…", "warn"); });
+  setInterval(tick, 1000);
+})();
