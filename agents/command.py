@@ -1,0 +1,142 @@
+"""The command agent: any command line run in the card's worktree, its output streamed.
+
+Knows no Django: the runner passes the command, the worktree, the environment and callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+FLUSH_INTERVAL = 0.25  # seconds between output pushes: a few updates a second per card, not one per line
+FLUSH_LINES = 200  # or sooner, when this many lines are waiting
+LINE_LIMIT = 4000  # characters kept of one output line
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of the process group
+
+
+@dataclass
+class CommandResult:
+    """How the command ended: ``state`` is "succeeded", "failed" or "stopped"; ``summary`` its last
+    output line; ``error`` the reason when it did not succeed."""
+
+    state: str
+    summary: str
+    error: str
+    exit_code: int | None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the command's whole process group: SIGTERM, then SIGKILL after KILL_GRACE seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=KILL_GRACE)
+            # The leader is gone; children that ignored SIGTERM may remain in the group.
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_command(
+    command: str,
+    cwd: str,
+    env: dict[str, str],
+    emit: Callable[[str, str], None],
+    timeout: float,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> CommandResult:
+    """Run ``command`` with bash in ``cwd`` and stream its output.
+
+    stdout and stderr are merged and sent to ``emit("log", text)`` line by line, several lines per
+    call at most every FLUSH_INTERVAL seconds. stdin is closed. The command runs in its own process
+    group (``start_new_session``), which is killed whole when ``timeout`` seconds pass or
+    ``should_stop()`` turns true. Never raises for the command's own failures: a missing program or
+    a non-zero exit status is a failed result with the reason.
+    """
+    try:
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return CommandResult("failed", "", f"could not start the command: {exc}", None)
+
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for raw in proc.stdout:
+            lines.put(raw.decode("utf-8", "replace").rstrip("\r\n")[:LINE_LIMIT])
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    last_line = ""
+    last_flush = time.monotonic()
+    reason = ""
+    eof = False
+    killed_at: float | None = None
+    while not eof:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            line = ""
+        else:
+            if line is None:
+                eof = True
+            else:
+                pending.append(line)
+                if line.strip():
+                    last_line = line.strip()
+        now = time.monotonic()
+        if pending and (eof or len(pending) >= FLUSH_LINES or now - last_flush >= FLUSH_INTERVAL):
+            emit("log", "\n".join(pending))
+            pending = []
+            last_flush = now
+        if eof:
+            break
+        if killed_at is None and now > deadline:
+            reason = f"the command did not end within {timeout:g} s and was killed"
+            _kill_group(proc)
+            killed_at = time.monotonic()
+        elif killed_at is None and should_stop():
+            reason = "stopped"
+            _kill_group(proc)
+            killed_at = time.monotonic()
+        elif killed_at is not None and now - killed_at > 2 * KILL_GRACE:
+            # Something outside the group still holds the pipe open: stop waiting for its end.
+            if pending:
+                emit("log", "\n".join(pending))
+            break
+    code = proc.wait()
+    # A child that kept the pipe open died with the group above; anything else in the group goes now.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if reason == "stopped":
+        return CommandResult("stopped", last_line, "stopped by the lead", code)
+    if reason:
+        return CommandResult("failed", last_line, reason, code)
+    if code != 0:
+        detail = f": {last_line}" if last_line else ""
+        return CommandResult("failed", last_line, f"the command exited with status {code}{detail}", code)
+    return CommandResult("succeeded", last_line, "", code)

@@ -1,0 +1,180 @@
+"""The runner: the one place that joins the domain, the git layer and the agents (DESIGN.md).
+
+A django-q2 task hands it a run id; it claims the run, makes or reuses the card's worktree, runs the
+agent there, commits what the agent left, and ends the run. Whatever goes wrong ends the run as
+failed with a reason on the card: nothing stays "running".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from agents import worktrees
+from agents.command import run_command
+from board.models import Agent, Run, RunState
+
+log = logging.getLogger(__name__)
+
+# Variables of the board's own that an agent's commands have no business seeing.
+BOARD_SECRETS = ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "BOARD_DB_PATH")
+
+
+class RunFailure(Exception):
+    """A reason to fail the run, shown on the card as it is."""
+
+
+@dataclass
+class Outcome:
+    state: str
+    summary: str = ""
+    error: str = ""
+
+
+def execute(run_id: int) -> str | None:
+    """Claim run ``run_id`` and carry it to a final state; returns that state, or None when the run
+    was not queued (already taken by another worker, or a redelivered task)."""
+    run = Run.claim(run_id, socket.gethostname(), os.getpid())
+    if run is None:
+        log.info("run %s is not queued any more; nothing to do", run_id)
+        return None
+    try:
+        outcome = _execute(run)
+    except (RunFailure, worktrees.GitError) as exc:
+        outcome = Outcome(RunState.FAILED, error=str(exc))
+    except Exception as exc:  # the card must never stay "running" because of a bug of ours
+        log.exception("run %s crashed", run_id)
+        outcome = Outcome(RunState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+    commits = _branch_commits(run)
+    run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
+    return outcome.state
+
+
+def _identity() -> worktrees.Identity:
+    return worktrees.Identity(settings.BOARD_GIT_NAME, settings.BOARD_GIT_EMAIL)
+
+
+def _trailers(run: Run) -> dict[str, str]:
+    return {"Card": f"#{run.card_id}", "Run": str(run.pk)}
+
+
+def _branch_commits(run: Run) -> list[str] | None:
+    card = run.card
+    if not (run.base_commit and card.worktree_path and os.path.isdir(card.worktree_path)):
+        return None
+    try:
+        return [c.sha for c in worktrees.new_commits(card.worktree_path, run.base_commit)]
+    except worktrees.GitError:
+        return None
+
+
+def _execute(run: Run) -> Outcome:
+    card = run.card
+    project = card.project
+    if not os.path.isdir(project.repo_path):
+        raise RunFailure(f"The project's repository {project.repo_path} no longer exists.")
+    worktrees.inspect_repository(project.repo_path)
+    if not card.branch:
+        card.branch = worktrees.branch_name(project.branch_prefix, card.pk, card.title)
+        card.worktree_path = str(
+            settings.WORKTREES_DIR / str(project.pk) / worktrees.worktree_folder(card.pk, card.title)
+        )
+        card.save(update_fields=["branch", "worktree_path", "updated_at"])
+    run.emit("step", f"Preparing worktree on branch {card.branch} from {project.base_branch}")
+    tree = worktrees.ensure_worktree(project.repo_path, project.base_branch, card.branch, card.worktree_path)
+    run.base_commit = tree.base_commit
+    run.save(update_fields=["base_commit"])
+    run.emit("step", f"Worktree {'created' if tree.created else 'reused'} at {tree.path} (base {tree.base_commit[:10]})")
+
+    agent = run.agent
+    if agent.kind == Agent.Kind.COMMAND:
+        outcome = _run_command_agent(run, tree.path)
+    else:
+        outcome = _run_builtin_agent(run, tree.path)
+
+    # What the agent left uncommitted is its work too: commit it on the card's branch whatever the
+    # outcome, so nothing is lost. A failing hook fails the run with the hook's output.
+    if worktrees.has_changes(tree.path):
+        message = f"Card #{card.pk}: {card.title}"
+        sha = worktrees.commit_all(tree.path, message, _identity(), _trailers(run))
+        if sha:
+            run.emit("checkpoint", message, {"sha": sha})
+    if outcome.state == RunState.SUCCEEDED:
+        stat = worktrees.diffstat(tree.path, tree.base_commit)
+        outcome.summary = "; ".join(part for part in (outcome.summary, stat) if part)
+    return outcome
+
+
+def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
+    """The environment of a command agent: the board's own, less its secrets, plus the card
+    (CARD_ID, CARD_TITLE, CARD_PROMPT, CARD_PROMPT_FILE, CARD_BRANCH, RUN_ID) and the board's commit
+    identity, so that agents that commit do so as the board, whatever the machine's git config."""
+    env = {k: v for k, v in os.environ.items() if k not in BOARD_SECRETS}
+    card = run.card
+    env.update(
+        CARD_ID=str(card.pk),
+        CARD_TITLE=card.title,
+        CARD_PROMPT=card.prompt,
+        CARD_PROMPT_FILE=str(prompt_file),
+        CARD_BRANCH=card.branch,
+        RUN_ID=str(run.pk),
+    )
+    env.update(_identity().env())
+    return env
+
+
+def _prompt_file(run: Run) -> Path:
+    # Outside the worktree, so that the prompt never ends up in the card's commits.
+    folder = settings.RUNS_DIR / str(run.pk)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "prompt.md"
+    path.write_text(f"# {run.card.title}\n\n{run.card.prompt}\n", encoding="utf-8")
+    return path
+
+
+def _run_command_agent(run: Run, worktree: str) -> Outcome:
+    command = run.agent.command
+    run.emit("step", f"$ {command}")
+    result = run_command(
+        command,
+        cwd=worktree,
+        env=agent_environment(run, _prompt_file(run)),
+        emit=lambda kind, text: run.emit(kind, text),
+        timeout=settings.BOARD_RUN_TIMEOUT,
+    )
+    return Outcome(result.state, result.summary[:300], result.error)
+
+
+def _run_builtin_agent(run: Run, worktree: str) -> Outcome:
+    from agents import builtin
+
+    agent = run.agent
+    config = builtin.ModelConfig(
+        model=agent.model,
+        api_base=agent.api_base or None,
+        api_key_env=agent.api_key_env or None,
+        timeout=settings.BOARD_MODEL_TIMEOUT,
+        max_steps=settings.BOARD_MAX_STEPS,
+    )
+    state = run.agent_state or builtin.new_state(run.card.title, run.card.prompt)
+
+    def checkpoint(message: str) -> str | None:
+        sha = worktrees.commit_all(worktree, message, _identity(), _trailers(run))
+        if sha:
+            run.emit("checkpoint", message, {"sha": sha})
+        return sha
+
+    def save_state(new_state: dict) -> None:
+        Run.objects.filter(pk=run.pk).update(agent_state=new_state)
+
+    env = agent_environment(run, _prompt_file(run))
+    extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_"))}
+    result = builtin.run(
+        state, Path(worktree), config, emit=run.emit, checkpoint=checkpoint, save_state=save_state, extra_env=extra_env
+    )
+    return Outcome(result.state, result.summary, result.error)
