@@ -1,0 +1,265 @@
+"""A scripted, local, OpenAI-compatible chat server for tests (standard library only).
+
+It answers ``POST /v1/chat/completions`` (and ``/chat/completions``) from a script: a list
+of replies where reply N answers the N-th request *of a conversation*. N is the number of
+assistant messages already in the request's ``messages``, so several conversations can run
+at once against one server and a resumed conversation picks up where it was. A reply is a
+dict:
+
+- ``{"tool_calls": [{"name": "write_file", "arguments": {...}}], "content": "optional"}``;
+  ``arguments`` may also be a string, sent as is (to test malformed JSON);
+- ``{"content": "plain text"}``;
+- ``{"delay": seconds, ...}``: sleep first, then answer with the rest (to test timeouts);
+- ``{"status": 500, "error": "message"}``: answer with that HTTP status and an OpenAI-style
+  error body.
+
+A reply may also be a callable ``f(request_body: dict) -> reply``. Past the end of the
+script the server answers a plain text saying so. Responses carry ``usage``.
+``GET /v1/models`` lists one model, ``fake-model``.
+
+Library use::
+
+    llm = FakeLLM(EDIT_THEN_FINISH)
+    base_url = llm.start()          # "http://127.0.0.1:<port>/v1"
+    ...                             # llm.requests holds the received JSON bodies
+    llm.stop()
+
+Script use (prints ``listening http://127.0.0.1:PORT/v1`` once ready, serves until killed)::
+
+    python tests/fake_llm.py --port 0 --script script.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+__all__ = ["FakeLLM", "EDIT_THEN_FINISH", "SCRIPT_EXHAUSTED"]
+
+EDIT_THEN_FINISH: list[dict] = [
+    {
+        "tool_calls": [
+            {
+                "name": "write_file",
+                "arguments": {"path": "AGENT_NOTE.md", "content": "# Agent note\n\nWritten by the fake model.\n"},
+            }
+        ]
+    },
+    {"tool_calls": [{"name": "finish", "arguments": {"summary": "Added AGENT_NOTE.md"}}]},
+]
+
+SCRIPT_EXHAUSTED = "The fake model has no more scripted replies."
+
+Reply = dict | Callable[[dict], dict]
+
+
+def _count_tokens(value: Any) -> int:
+    # A rough 4-characters-a-token estimate is all tests need from usage.
+    return max(1, len(json.dumps(value, default=str)) // 4)
+
+
+class FakeLLM:
+    """A scripted OpenAI-compatible server on 127.0.0.1.
+
+    ``script`` is the list of replies described in the module docstring. ``port`` 0 picks a
+    free port. ``api_key``, when given, makes every chat request without ``Authorization:
+    Bearer <api_key>`` fail with 401. ``requests`` is the list of JSON bodies received by
+    the chat endpoint, in arrival order (thread-safe to read once requests are answered).
+    """
+
+    def __init__(self, script: list[Reply] | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 api_key: str | None = None, model: str = "fake-model") -> None:
+        self.script: list[Reply] = list(EDIT_THEN_FINISH if script is None else script)
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.model = model
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://<host>:<port>/v1`` of the running server; raises RuntimeError before start()."""
+        if self._server is None:
+            raise RuntimeError("FakeLLM is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}/v1"
+
+    def start(self) -> str:
+        """Start serving in a daemon thread; return the base URL (``…/v1``)."""
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True  # a delayed reply must not hold up stop()
+        server = self._server
+        # A short poll interval keeps stop() quick.
+        self._thread = threading.Thread(
+            target=lambda: server.serve_forever(poll_interval=0.05), name="fake-llm", daemon=True
+        )
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; replies still sleeping are abandoned."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> "FakeLLM":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ replies
+
+    def reply_for(self, body: dict) -> dict:
+        """The script entry for this request: index = assistant messages already in it."""
+        messages = body.get("messages") or []
+        n = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        if n >= len(self.script):
+            return {"content": SCRIPT_EXHAUSTED}
+        reply = self.script[n]
+        return reply(body) if callable(reply) else reply
+
+    def completion(self, body: dict, reply: dict, n_request: int) -> dict:
+        """Build an OpenAI chat.completion body from a script reply."""
+        message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+        calls = []
+        for i, call in enumerate(reply.get("tool_calls") or []):
+            arguments = call.get("arguments", {})
+            calls.append(
+                {
+                    "id": call.get("id") or f"call_{n_request}_{i}",
+                    "type": "function",
+                    "function": {
+                        "name": call["name"],
+                        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                    },
+                }
+            )
+        if calls:
+            message["tool_calls"] = calls
+        prompt_tokens = _count_tokens(body.get("messages"))
+        completion_tokens = _count_tokens(message)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeLLM
+    server_version = "FakeLLM/1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # keep test output clean
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test); nothing to tell it
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            model = self.owner.model
+            self._send(200, {"object": "list", "data": [{"id": model, "object": "model", "owned_by": "fake"}]})
+        elif self.path.rstrip("/") in ("/health", "/v1/health"):
+            self._send(200, {"status": "ok"})
+        else:
+            self._error(404, f"no route {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        if self.path.split("?")[0].rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self._error(404, f"no route {self.path}")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            self._error(400, "request body is not JSON")
+            return
+        owner = self.owner
+        with owner._lock:
+            owner.requests.append(body)
+            n_request = len(owner.requests)
+        if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+            self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            return
+        if body.get("stream"):
+            self._error(400, "the fake model does not stream")
+            return
+        reply = owner.reply_for(body)
+        if reply.get("delay"):
+            time.sleep(float(reply["delay"]))
+        if reply.get("status") and int(reply["status"]) >= 400:
+            status = int(reply["status"])
+            kind = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}.get(status, "server_error")
+            self._error(status, str(reply.get("error") or f"scripted error {status}"), kind)
+            return
+        self._send(200, owner.completion(body, reply, n_request))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: serve a script (JSON list of replies, default EDIT_THEN_FINISH) until killed."""
+    parser = argparse.ArgumentParser(description="Scripted OpenAI-compatible chat server for tests.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--script", help="JSON file holding a list of replies")
+    parser.add_argument("--api-key", help="require this bearer key")
+    args = parser.parse_args(argv)
+    script = None
+    if args.script:
+        with open(args.script, encoding="utf-8") as fh:
+            script = json.load(fh)
+        if not isinstance(script, list):
+            parser.error("the script must be a JSON list of replies")
+    fake = FakeLLM(script, host=args.host, port=args.port, api_key=args.api_key)
+    fake.start()
+    print(f"listening {fake.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
