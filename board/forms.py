@@ -106,9 +106,14 @@ class AgentForm(forms.ModelForm):
 class CardForm(forms.Form):
     """Create a card: a title, the prompt for the agent and an enabled agent."""
 
-    title = forms.CharField(max_length=300)
+    title = forms.CharField(max_length=300, error_messages={"required": "Give the card a title."})
     prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, label="Description (prompt)")
-    agent = forms.ModelChoiceField(queryset=Agent.objects.filter(enabled=True), empty_label=None, to_field_name="name")
+    agent = forms.ModelChoiceField(
+        queryset=Agent.objects.filter(enabled=True),
+        empty_label=None,
+        to_field_name="name",
+        error_messages={"invalid_choice": "Choose one of the enabled agents (see the Agents page)."},
+    )
 
     def clean_title(self):
         title = " ".join(self.cleaned_data["title"].split())

@@ -1,0 +1,61 @@
+"""Fixtures shared by the tests: real throwaway git repositories and a private data folder."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+GIT_ID = ["-c", "user.name=Test User", "-c", "user.email=test@example.invalid"]
+
+
+def git(cwd: Path | str, *args: str) -> str:
+    """Run git in ``cwd`` with a test identity (this machine has no global one); returns stdout."""
+    return subprocess.run(["git", *GIT_ID, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def make_repo(tmp_path):
+    """Factory: a new git repository with one commit on ``main`` (README.md), at tmp_path/name."""
+
+    def make(name: str = "repo") -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        git(path, "init", "-q", "-b", "main")
+        (path / "README.md").write_text("# Demo\n")
+        git(path, "add", "README.md")
+        git(path, "commit", "-q", "-m", "Initial commit")
+        return path
+
+    return make
+
+
+@pytest.fixture
+def board_dirs(settings, tmp_path):
+    """Point the board's worktrees and run files at this test's own folder."""
+    settings.WORKTREES_DIR = tmp_path / "worktrees"
+    settings.RUNS_DIR = tmp_path / "runs"
+    return tmp_path
+
+
+@pytest.fixture
+def project(db, make_repo, board_dirs):
+    """A project on a fresh repository, base branch main."""
+    from board.models import Project
+
+    repo = make_repo("user-repo")
+    return Project.objects.create(name="demo", repo_path=str(repo), base_branch="main", branch_prefix="agent")
+
+
+@pytest.fixture
+def make_card(project):
+    """Factory: a Backlog card on ``project`` for a new command agent running ``command``."""
+    from board.models import Agent, Card
+
+    def make(command: str = "echo hello", title: str = "Do the thing", prompt: str = "Please do it", **agent_fields):
+        fields = {"kind": Agent.Kind.COMMAND, "command": command, **agent_fields}
+        agent = Agent.objects.create(name=f"agent-{Agent.objects.count() + 1}", **fields)
+        return Card.create(project, title, prompt, agent)
+
+    return make

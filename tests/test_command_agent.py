@@ -1,0 +1,68 @@
+"""The command agent on its own: streaming, exit status, timeouts and the process group."""
+
+import os
+import time
+
+import psutil
+
+from agents.command import run_command
+
+
+def collect():
+    calls = []
+    return calls, lambda kind, text: calls.append((kind, text))
+
+
+def test_output_is_streamed_in_order_and_batched(tmp_path):
+    calls, emit = collect()
+    result = run_command("for i in $(seq 1 300); do echo line $i; done; echo oops >&2", str(tmp_path), dict(os.environ), emit, 30)
+    assert result.state == "succeeded"
+    lines = [line for kind, text in calls for line in text.split("\n")]
+    assert lines == [f"line {i}" for i in range(1, 301)] + ["oops"]
+    assert len(calls) < 300, "lines are sent several at a time, not one call per line"
+    assert result.summary == "oops"
+
+
+def test_a_nonzero_exit_fails_with_the_status_and_last_line(tmp_path):
+    calls, emit = collect()
+    result = run_command("echo working; echo 'no such thing' >&2; exit 3", str(tmp_path), dict(os.environ), emit, 30)
+    assert result.state == "failed"
+    assert result.exit_code == 3
+    assert "status 3" in result.error and "no such thing" in result.error
+
+
+def test_a_missing_program_fails_clearly(tmp_path):
+    _, emit = collect()
+    result = run_command("definitely-not-a-program-xyz --go", str(tmp_path), dict(os.environ), emit, 30)
+    assert result.state == "failed"
+    assert "127" in result.error and "not found" in result.error
+
+
+def test_stdin_is_closed_so_a_reading_command_does_not_hang(tmp_path):
+    _, emit = collect()
+    started = time.monotonic()
+    result = run_command("cat; echo done", str(tmp_path), dict(os.environ), emit, 20)
+    assert result.state == "succeeded"
+    assert time.monotonic() - started < 5
+
+
+def test_a_command_that_never_ends_is_killed_with_its_whole_group(tmp_path):
+    _, emit = collect()
+    marker = f"sleep-{os.getpid()}-{time.monotonic_ns()}"
+    # Children in the background keep running after their parent unless the group is killed.
+    command = f"bash -c 'exec -a {marker} sleep 300' & bash -c 'exec -a {marker} sleep 300' & wait"
+    started = time.monotonic()
+    result = run_command(command, str(tmp_path), dict(os.environ), emit, timeout=1.5)
+    assert result.state == "failed"
+    assert "did not end within 1.5 s" in result.error
+    assert time.monotonic() - started < 15
+    time.sleep(0.3)
+    left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert left == []
+
+
+def test_should_stop_ends_the_command_as_stopped(tmp_path):
+    _, emit = collect()
+    deadline = time.monotonic() + 1
+    result = run_command("sleep 60", str(tmp_path), dict(os.environ), emit, 60, should_stop=lambda: time.monotonic() > deadline)
+    assert result.state == "stopped"

@@ -1,0 +1,123 @@
+"""The headless commands: the same job from a shell."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from io import StringIO
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from board.models import Agent, Card, Column, Project
+from tests.conftest import git
+
+pytestmark = pytest.mark.django_db
+
+
+def run_cmd(*args) -> list[str]:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue().strip().splitlines()
+
+
+def test_project_add_prints_the_new_id_alone_on_its_last_line(make_repo):
+    repo = make_repo()
+    lines = run_cmd("project", "add", str(repo), "--name", "Demo")
+    project = Project.objects.get()
+    assert lines[-1] == str(project.pk)
+    assert (project.name, project.base_branch) == ("Demo", "main")
+
+
+def test_project_add_refuses_a_path_that_is_not_a_repository(tmp_path):
+    with pytest.raises(CommandError, match="not a git repository"):
+        run_cmd("project", "add", str(tmp_path))
+
+
+def test_project_add_refuses_a_missing_base_branch(make_repo):
+    with pytest.raises(CommandError, match="does not exist"):
+        run_cmd("project", "add", str(make_repo()), "--base", "release")
+
+
+def test_agent_add_makes_command_and_builtin_agents():
+    run_cmd("agent", "add", "script", "--command", "make fix")
+    run_cmd("agent", "add", "local", "--model", "ollama_chat/qwen2.5-coder", "--api-base", "http://127.0.0.1:11434")
+    run_cmd("agent", "add", "gpt", "--model", "openai/gpt-4o-mini", "--api-key-env", "OPENAI_API_KEY")
+    assert Agent.objects.get(name="script").command == "make fix"
+    assert Agent.objects.get(name="local").api_base == "http://127.0.0.1:11434"
+    assert Agent.objects.get(name="gpt").api_key_env == "OPENAI_API_KEY"
+
+
+def test_agent_add_refuses_a_duplicate_name():
+    run_cmd("agent", "add", "script", "--command", "make fix")
+    with pytest.raises(CommandError, match="already exists"):
+        run_cmd("agent", "add", "script", "--command", "make other")
+
+
+def test_card_add_prints_the_id_and_card_show_prints_the_json(project):
+    Agent.objects.create(name="echo", kind="command", command="echo hi")
+    lines = run_cmd("card", "add", "--project", str(project.pk), "--title", "Fix it", "--prompt", "Fix the bug", "--agent", "echo")
+    card = Card.objects.get()
+    assert lines[-1] == str(card.pk)
+    shown = run_cmd("card", "show", str(card.pk), "--json")
+    assert len(shown) == 1
+    data = json.loads(shown[0])
+    assert data == {
+        "id": card.pk, "title": "Fix it", "state": "idle", "column": "backlog", "branch": "", "worktree": "",
+        "base_commit": "", "commits": [], "summary": "", "error": "",
+    }
+
+
+def test_card_add_refuses_an_unknown_agent_or_project(project):
+    with pytest.raises(CommandError, match="enabled agents"):
+        run_cmd("card", "add", "--project", str(project.pk), "--title", "x", "--agent", "ghost")
+    with pytest.raises(CommandError, match="No project with id 999"):
+        run_cmd("card", "add", "--project", "999", "--title", "x", "--agent", "ghost")
+
+
+def test_card_start_without_a_running_worker_says_so_and_queues_nothing(make_card):
+    card = make_card()
+    with pytest.raises(CommandError, match="No worker is running"):
+        run_cmd("card", "start", str(card.pk))
+    card.refresh_from_db()
+    assert card.column == Column.BACKLOG and not card.runs.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_card_start_wait_runs_it_on_a_real_worker_and_prints_the_result(make_card, project, settings, tmp_path):
+    card = make_card("echo done > done.txt; echo finished")
+    # The worker shares the test database and, for its heartbeat, the cache; its data folder is
+    # this test's own.
+    worker_data = tmp_path / "worker-data"
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": str(worker_data / "cache")}}
+    env = {**os.environ, "BOARD_DB_PATH": str(connection.settings_dict["NAME"]), "BOARD_WORKERS": "1",
+           "DJANGO_SECRET_KEY": settings.SECRET_KEY,  # django-q2 signs its heartbeat with it
+           "BOARD_DATA_DIR": str(worker_data)}
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        from django_q.status import Stat
+
+        deadline = time.monotonic() + 60
+        while not Stat.get_all() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        lines = run_cmd("card", "start", str(card.pk), "--wait", "--timeout", "90")
+    finally:
+        # django-q2's graceful stop waits for running tasks; the board kills what outlives a grace.
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    data = json.loads(lines[-1])
+    assert data["state"] == "succeeded", data
+    assert data["column"] == "review"
+    assert data["branch"] == f"agent/{card.pk}-do-the-thing"
+    assert os.path.isdir(data["worktree"])
+    assert data["commits"] == git(project.repo_path, "rev-list", "--reverse", f"main..{data['branch']}").split()
+    assert len(data["commits"]) == 1
+    assert data["base_commit"] == git(project.repo_path, "rev-parse", "main").strip()
+    assert "finished" in data["summary"]

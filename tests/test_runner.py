@@ -1,0 +1,146 @@
+"""The runner end to end, on real throwaway repositories: a card's run from queued to its end."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from agents import runner, worktrees
+from board.models import Card, Column, Event, Run, RunState
+from tests.conftest import git
+
+pytestmark = pytest.mark.django_db
+
+
+def start_and_run(card: Card) -> Run:
+    run = card.start()
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    card.refresh_from_db()
+    return run
+
+
+def test_start_queues_a_run_and_moves_the_card_to_in_progress(make_card, django_capture_on_commit_callbacks):
+    card = make_card()
+    with django_capture_on_commit_callbacks() as callbacks:
+        run = card.start()
+    card.refresh_from_db()
+    assert run.state == RunState.QUEUED
+    assert card.column == Column.IN_PROGRESS
+    assert card.current_run == run
+    assert len(callbacks) == 1, "the task is enqueued once, after the transaction commits"
+    assert list(run.events.filter(seq__gt=0).values_list("seq", "kind", "text")) == [(1, "state", "queued")]
+
+
+def test_a_command_agent_edit_is_committed_on_the_card_branch(make_card, project):
+    repo = project.repo_path
+    head_before = git(repo, "rev-parse", "HEAD")
+    card = make_card('printf "%s|%s\\n" "$CARD_TITLE" "$(cat "$CARD_PROMPT_FILE" | tail -1)" > out.txt; echo made the edit')
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert card.column == Column.REVIEW
+    assert card.branch == f"agent/{card.pk}-do-the-thing"
+    assert run.base_commit == head_before.strip()
+    assert "made the edit" in run.summary and "1 file changed" in run.summary
+    assert git(repo, "show", f"{card.branch}:out.txt") == "Do the thing|Please do it\n"
+    assert run.commits == git(repo, "rev-list", "--reverse", f"main..{card.branch}").split()
+    # The board's identity and trailers, not the machine's git config.
+    log = git(repo, "log", "-1", "--format=%an <%ae>%n%B", card.branch)
+    assert "Agent Board <agent-board@localhost>" in log and f"Card: #{card.pk}" in log
+    # The user's own checkout is untouched and the worktree lives outside it.
+    assert git(repo, "rev-parse", "HEAD") == head_before
+    assert git(repo, "status", "--porcelain") == ""
+    assert not card.worktree_path.startswith(repo)
+
+
+def test_commits_the_agent_made_itself_are_kept_as_they_are(make_card, project):
+    card = make_card("echo one > a.txt && git add a.txt && git commit -q -m 'Agent: add a' && echo two > b.txt")
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    subjects = git(project.repo_path, "log", "--format=%s", f"main..{card.branch}").split("\n")
+    assert subjects[1] == "Agent: add a"
+    assert subjects[0] == f"Card #{card.pk}: Do the thing"
+    assert len(run.commits) == 2
+
+
+def test_a_failing_command_fails_the_run_with_its_reason_and_stays_in_progress(make_card):
+    card = make_card("echo partial > p.txt; echo 'compilation failed' >&2; exit 2")
+    run = start_and_run(card)
+    assert run.state == RunState.FAILED
+    assert "status 2" in run.error and "compilation failed" in run.error
+    assert card.column == Column.IN_PROGRESS
+    assert len(run.commits) == 1, "the failed run's work is kept on its branch"
+
+
+def test_output_lines_become_numbered_events(make_card):
+    card = make_card("echo first; echo second")
+    run = start_and_run(card)
+    events = list(run.events.filter(seq__gt=0).order_by("seq"))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    logged = "\n".join(e.text for e in events if e.kind == "log")
+    assert logged == "first\nsecond"
+    assert [e.text for e in events if e.kind == "state"] == ["queued", "running", "succeeded"]
+
+
+def test_a_vanished_project_path_fails_the_run(make_card, project):
+    card = make_card()
+    shutil.rmtree(project.repo_path)
+    run = start_and_run(card)
+    assert run.state == RunState.FAILED
+    assert "no longer exists" in run.error
+
+
+def test_a_missing_base_branch_fails_the_run_with_the_git_reason(make_card, project):
+    project.base_branch = "no-such-branch"
+    project.save()
+    run = start_and_run(make_card())
+    assert run.state == RunState.FAILED
+    assert "no-such-branch" in run.error
+
+
+def test_an_internal_error_still_ends_the_run(make_card, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worktrees, "ensure_worktree", explode)
+    run = start_and_run(make_card())
+    assert run.state == RunState.FAILED
+    assert "boom" in run.error
+
+
+def test_a_redelivered_task_does_not_run_the_agent_twice(make_card, project, tmp_path):
+    counter = tmp_path / "count"
+    card = make_card(f"echo x >> {counter}")
+    run = card.start()
+    assert runner.execute(run.pk) == RunState.SUCCEEDED
+    assert runner.execute(run.pk) is None
+    assert counter.read_text() == "x\n"
+
+
+def test_a_second_start_reuses_the_card_worktree_and_branch(make_card, project):
+    card = make_card("echo again >> notes.txt")
+    first = start_and_run(card)
+    second = start_and_run(card)
+    assert second.state == RunState.SUCCEEDED, second.error
+    assert git(project.repo_path, "show", f"{card.branch}:notes.txt") == "again\nagain\n"
+    assert second.base_commit == first.base_commit
+    assert len(second.commits) == 2
+
+
+def test_starting_a_running_card_is_refused(make_card):
+    from board.models import BoardError
+
+    card = make_card()
+    card.start()
+    with pytest.raises(BoardError, match="already running"):
+        card.start()
+
+
+def test_orphaned_runs_are_marked_interrupted(make_card):
+    card = make_card()
+    run = card.start()
+    Run.objects.filter(pk=run.pk).update(state=RunState.RUNNING, worker_host="h", worker_pid=1)
+    assert Run.objects.interrupt_orphans(lambda host, pid: False, reason="test") == 1
+    run.refresh_from_db()
+    assert run.state == RunState.INTERRUPTED and "test" in run.error
+    assert Event.objects.filter(run=run, kind="state", text="interrupted").exists()
