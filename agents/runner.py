@@ -160,6 +160,8 @@ def _run_builtin_agent(run: Run, worktree: str) -> Outcome:
         api_key_env=agent.api_key_env or None,
         timeout=settings.BOARD_MODEL_TIMEOUT,
         max_steps=settings.BOARD_MAX_STEPS,
+        num_retries=settings.BOARD_MODEL_RETRIES,
+        max_seconds=settings.BOARD_RUN_TIMEOUT,
     )
     state = run.agent_state or builtin.new_state(run.card.title, run.card.prompt)
 

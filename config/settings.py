@@ -123,6 +123,7 @@ BOARD_WORKERS = env.int("BOARD_WORKERS", default=4)
 # The longest a run may take, in seconds; a command agent is killed after it.
 BOARD_RUN_TIMEOUT = env.int("BOARD_RUN_TIMEOUT", default=2 * 60 * 60)
 BOARD_MODEL_TIMEOUT = env.float("BOARD_MODEL_TIMEOUT", default=120.0)
+BOARD_MODEL_RETRIES = env.int("BOARD_MODEL_RETRIES", default=2)  # on 429, 5xx and refused connections
 BOARD_MAX_STEPS = env.int("BOARD_MAX_STEPS", default=40)
 BOARD_BRANCH_PREFIX = env.str("BOARD_BRANCH_PREFIX", default="agent")
 BOARD_GIT_NAME = env.str("BOARD_GIT_NAME", default="Agent Board")

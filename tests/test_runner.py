@@ -144,3 +144,50 @@ def test_orphaned_runs_are_marked_interrupted(make_card):
     run.refresh_from_db()
     assert run.state == RunState.INTERRUPTED and "test" in run.error
     assert Event.objects.filter(run=run, kind="state", text="interrupted").exists()
+
+
+# The built-in agent, through litellm's real HTTP path to a scripted local server.
+
+from tests.fake_llm import EDIT_THEN_FINISH, FakeLLM  # noqa: E402
+
+
+def builtin_card(make_card, api_base: str) -> Card:
+    return make_card(kind="builtin", command="", model="openai/fake-model", api_base=api_base, api_key_env="FAKE_LLM_KEY")
+
+
+@pytest.fixture
+def model_key(monkeypatch):
+    monkeypatch.setenv("FAKE_LLM_KEY", "sk-test")
+
+
+def test_the_builtin_agent_edit_is_a_checkpoint_commit_on_the_card_branch(make_card, project, model_key):
+    with FakeLLM(EDIT_THEN_FINISH, api_key="sk-test") as llm:
+        card = builtin_card(make_card, llm.base_url)
+        run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert card.column == Column.REVIEW
+    assert run.summary.startswith("Added AGENT_NOTE.md")
+    assert "Written by the fake model." in git(project.repo_path, "show", f"{card.branch}:AGENT_NOTE.md")
+    assert git(project.repo_path, "log", "--format=%s", f"main..{card.branch}").strip() == "Step 1: write_file AGENT_NOTE.md"
+    assert run.agent_state["done"] is True, "the conversation is stored with the run"
+    assert run.events.filter(kind="step", text__contains="write_file").exists()
+
+
+def test_a_model_endpoint_that_refuses_the_connection_fails_the_run(make_card, model_key, settings):
+    settings.BOARD_MODEL_RETRIES = 0
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = start_and_run(builtin_card(make_card, f"http://127.0.0.1:{port}/v1"))
+    assert run.state == RunState.FAILED
+    assert "could not connect" in run.error and "connection refused" in run.error
+
+
+def test_a_model_call_that_times_out_fails_the_run(make_card, model_key, settings):
+    settings.BOARD_MODEL_TIMEOUT = 1
+    with FakeLLM([{"delay": 4, "content": "too late"}]) as llm:
+        run = start_and_run(builtin_card(make_card, llm.base_url))
+    assert run.state == RunState.FAILED
+    assert "timed out" in run.error
