@@ -119,6 +119,8 @@ CACHES = {
 # event rows from the database (board/relay.py), so workers need no channel layer at all.
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+BOARD_HOST = env.str("BOARD_HOST", default="127.0.0.1")
+BOARD_PORT = env.int("BOARD_PORT", default=8300)
 BOARD_WORKERS = env.int("BOARD_WORKERS", default=4)
 # The longest a run may take, in seconds; a command agent is killed after it.
 BOARD_RUN_TIMEOUT = env.int("BOARD_RUN_TIMEOUT", default=2 * 60 * 60)
@@ -147,9 +149,6 @@ Q_CLUSTER = {
     "save_limit": 200,
     "label": "Tasks",
 }
-# Tests run tasks in the calling process.
-if env.bool("BOARD_Q_SYNC", default=False):
-    Q_CLUSTER["sync"] = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("BOARD_TIME_ZONE", default="UTC")

@@ -12,7 +12,6 @@ from django.core.management.base import BaseCommand, CommandError
 
 from board.models import Run
 
-DEFAULT_PORT = 8300
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of what is left at shutdown
 RECONCILE_EVERY = 5.0  # seconds between checks for runs whose worker died
 
@@ -39,13 +38,20 @@ class Command(BaseCommand):
     help = "Start the board: the web server (daphne) and the workers (django-q2) together; Ctrl-C stops both."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("BOARD_HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("BOARD_PORT", DEFAULT_PORT)))
+        parser.add_argument("--host", default=settings.BOARD_HOST, help="Address to listen on (default 127.0.0.1).")
+        parser.add_argument("--port", type=int, default=settings.BOARD_PORT, help="Port (default 8300).")
         parser.add_argument("--workers", type=int, default=settings.BOARD_WORKERS, help="Parallel agent runs.")
 
     def handle(self, *args, host, port, workers, **options):
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
+        if not 0 < port < 65536:
+            raise CommandError("--port must be between 1 and 65535.")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            self.stderr.write(
+                f"Warning: listening on {host}. The board has no login yet: anyone who can reach this address "
+                "can start agents on your repositories. Add the names people use to DJANGO_ALLOWED_HOSTS."
+            )
         call_command("migrate", interactive=False, verbosity=0)
         # Nothing of ours runs yet, so a run still marked running has lost its process.
         stale = Run.objects.interrupt_orphans(lambda host_, pid: False, reason="the board stopped while it ran")
