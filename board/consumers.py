@@ -9,10 +9,11 @@ from django.template.loader import render_to_string
 
 from board import relay
 from board.models import Card, Project
-from board.views import board_context, card_context
+from board.views import LOG_KINDS, board_context, card_context
 
 # Event kinds that change what a card shows on the board or in its detail.
 BOARD_KINDS = {"card", "state", "step", "log", "checkpoint"}
+
 
 
 class BoardConsumer(AsyncWebsocketConsumer):
@@ -54,7 +55,13 @@ class BoardConsumer(AsyncWebsocketConsumer):
 
 class CardConsumer(AsyncWebsocketConsumer):
     """Pushes one card's detail: new log lines appended, the header (state, last line) re-rendered,
-    and the commits and diff when a run ends or checkpoints."""
+    and the commits and diff when a run ends or checkpoints.
+
+    It remembers the run and the last sequence number it has shown, so a line that was already in
+    the log it rendered is never appended twice, and a new run gets a fresh log."""
+
+    run_id: int | None = None
+    seq = 0
 
     async def connect(self):
         self.card_id = self.scope["url_route"]["kwargs"]["card_id"]
@@ -72,18 +79,25 @@ class CardConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _render(self, parts: list[str]) -> str:
         card = Card.objects.select_related("project", "agent", "current_run").get(pk=self.card_id)
-        context = card_context(card, with_diff="diff" in parts)
-        return "".join(render_to_string(f"board/card_detail.html#{p}", {**context, "oob": True}) for p in parts)
+        context = {**card_context(card, with_diff="diff" in parts), "oob": True}
+        if "log" in parts:
+            self.run_id = card.current_run_id
+            self.seq = context["events"][-1].seq if context["events"] else 0
+        return "".join(render_to_string(f"board/card_detail.html#{p}", context) for p in parts)
 
     async def board_event(self, event):
         kind = event["kind"]
-        if kind in ("log", "step"):
-            html = render_to_string("board/card_detail.html#log-push", {"event": event})
-            await self.send(text_data=html)
-        if kind in ("state", "card", "checkpoint"):
+        html = ""
+        if kind in LOG_KINDS and event["seq"] > 0:
+            if event["run_id"] != self.run_id:
+                html += await self._render(["log"])
+            elif event["seq"] > self.seq:
+                self.seq = event["seq"]
+                html += render_to_string("board/card_detail.html#log-push", {"event": event})
+        if kind in ("state", "card", "checkpoint", "step"):
             parts = ["header"]
             if kind == "checkpoint" or (kind == "state" and event["text"] not in ("queued", "running")):
                 parts += ["commits", "diff"]
-            await self.send(text_data=await self._render(parts))
-        elif kind == "step":
-            await self.send(text_data=await self._render(["header"]))
+            html += await self._render(parts)
+        if html:
+            await self.send(text_data=html)

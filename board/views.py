@@ -20,6 +20,7 @@ from agents import worktrees
 from board.forms import AgentForm, CardForm, ProjectForm
 from board.models import Agent, BoardError, Card, Column, Project
 
+LOG_KINDS = ("log", "step", "state")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens; the rest stays in the table
 DIFF_LIMIT = 400_000  # characters of diff rendered at once; longer diffs are cut with a note
 
@@ -104,7 +105,7 @@ def card_context(card: Card, with_diff: bool = True) -> dict:
     run = card.current_run
     events = []
     if run:
-        events = list(run.events.filter(kind__in=("log", "step", "state")).order_by("-seq")[:LOG_TAIL])[::-1]
+        events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0).order_by("-seq")[:LOG_TAIL])[::-1]
     context = {
         "card": card,
         "run": run,

@@ -101,3 +101,23 @@ async def test_a_foreign_origin_is_refused(project):
     )
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_a_line_already_shown_is_not_appended_again(make_card):
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    watcher = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await watcher.connect())[0]  # starts the relay
+    await watcher.receive_from(timeout=5)
+    # Written just before a second page connects: its first render holds the line, and the relay
+    # then pushes the same line.
+    await database_sync_to_async(run.emit)("log", "only once please")
+    page = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await page.connect())[0]
+    await database_sync_to_async(run.emit)("log", "the next line")
+    messages = [await page.receive_from(timeout=5)]
+    while "the next line" not in messages[-1]:
+        messages.append(await page.receive_from(timeout=5))
+    assert "".join(messages).count(">only once please</div>") == 1
+    await watcher.disconnect()
+    await page.disconnect()
