@@ -1,0 +1,770 @@
+"""The git layer: repositories, per-card worktrees and branches, commits, diffs.
+
+This module knows nothing of Django. It takes filesystem paths and names,
+returns plain values (dataclasses, ``str``, ``list``) and raises the
+:class:`GitError` family, whose ``str()`` is a sentence fit to show a user on a
+form or a card.
+
+Every git command goes through :func:`_git`, which
+
+* runs the git CLI through GitPython with ``git -C <path>``, so a missing
+  folder can never make a command run in the process's own working directory;
+* waits and retries while another process holds one of git's lock files
+  (``index.lock``, ``refs/heads/x.lock``, ...) for up to
+  :data:`LOCK_WAIT_SECONDS`, because workers and the web process touch one
+  repository at the same time;
+* turns failures into :class:`GitError` subclasses.
+
+Nothing here reads an identity from git config: commits always carry the
+:class:`Identity` they are given. Nothing here checks out, resets or stashes in
+the user's own checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import Mapping
+
+import git
+from git.exc import GitCommandError, GitCommandNotFound
+
+__all__ = [
+    "GitError",
+    "NotARepository",
+    "BranchNotFound",
+    "EmptyRepository",
+    "Identity",
+    "RepoInfo",
+    "Commit",
+    "Worktree",
+    "LOCK_WAIT_SECONDS",
+    "inspect_repository",
+    "resolve_base",
+    "slugify",
+    "branch_name",
+    "worktree_folder",
+    "ensure_worktree",
+    "commit_all",
+    "new_commits",
+    "diff_against_base",
+    "diffstat",
+    "has_changes",
+    "remove_worktree",
+]
+
+#: Upper bound, in seconds, on how long one git command waits for another
+#: process's lock file to go away before giving up with a :class:`GitError`.
+LOCK_WAIT_SECONDS = 30.0
+
+# Longest stretch of git output (characters) quoted in an error message; a
+# failing hook can print a whole test report and a card has limited room.
+_MAX_DETAIL = 4000
+
+
+# --------------------------------------------------------------------------
+# Errors and values
+# --------------------------------------------------------------------------
+
+
+class GitError(Exception):
+    """Base of every error raised by this module.
+
+    ``str(error)`` is a complete, user-facing sentence (it may quote git's own
+    output, e.g. a failing hook's report, after a colon).
+    """
+
+
+class NotARepository(GitError):
+    """The path does not exist, is a file, is a bare repository, or is not the
+    top level of a git working tree."""
+
+
+class BranchNotFound(GitError):
+    """A named branch (local or remote-tracking) does not exist."""
+
+
+class EmptyRepository(GitError):
+    """The repository has no commit yet, so there is nothing to branch from."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the board's commits are by (author and committer alike).
+
+    ``name`` and ``email`` are plain strings, e.g. ``"Board agent"`` and
+    ``"agent@board.invalid"``. They are checked when a commit is made
+    (:func:`commit_all` raises :class:`GitError` if either is empty or holds
+    ``<``, ``>`` or a newline).
+    """
+
+    name: str
+    email: str
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that make any git commit use this identity.
+
+        Returns a new dict with ``GIT_AUTHOR_NAME``, ``GIT_AUTHOR_EMAIL``,
+        ``GIT_COMMITTER_NAME`` and ``GIT_COMMITTER_EMAIL``; merge it into the
+        environment of child processes (command agents) that commit
+        themselves, so they never fall back on the machine's git config.
+        """
+        return {
+            "GIT_AUTHOR_NAME": self.name,
+            "GIT_AUTHOR_EMAIL": self.email,
+            "GIT_COMMITTER_NAME": self.name,
+            "GIT_COMMITTER_EMAIL": self.email,
+        }
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """What :func:`inspect_repository` found.
+
+    ``path``: absolute, symlink-resolved top level of the working tree.
+    ``current_branch``: the checked-out local branch's short name (``"main"``),
+    or ``None`` on a detached HEAD or an unborn branch (no commit yet).
+    ``branches``: short names of all local branches, sorted by name.
+    """
+
+    path: str
+    current_branch: str | None
+    branches: list[str]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit: full 40-hex ``sha``, first-line ``subject``, ``author``
+    name (without email) and author ``date`` in strict ISO 8601 with offset
+    (``"2024-05-01T12:00:00+02:00"``)."""
+
+    sha: str
+    subject: str
+    author: str
+    date: str
+
+
+@dataclass(frozen=True)
+class Worktree:
+    """A card's worktree as returned by :func:`ensure_worktree`.
+
+    ``path``: absolute folder of the worktree. ``branch``: local branch checked
+    out there. ``base_commit``: full sha the card's work is measured against
+    (the base branch's commit for a new branch, else the merge-base of branch
+    and base). ``created``: ``False`` when an existing worktree was reused.
+    """
+
+    path: str
+    branch: str
+    base_commit: str
+    created: bool
+
+
+# --------------------------------------------------------------------------
+# Running git
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Result:
+    status: int
+    out: str
+    err: str
+
+
+# git's messages for "someone else holds a lock file right now", plus the
+# symptoms of racing another git process that git does not lock against:
+# the compare-and-swap miss of a HEAD another commit moved; COMMIT_EDITMSG
+# (one per worktree) emptied by another commit (our messages are never
+# empty); a record under .git/worktrees/ that another `worktree add` has
+# half written or another `worktree remove`/`prune` is deleting, seen while
+# git walks all worktrees (git cleans up after such a failed command, so
+# trying again is safe). Only these are retried: every other failure is
+# permanent, and retrying would only delay it.
+_LOCK_PATTERNS = re.compile(
+    r"Unable to create '[^'\n]*\.lock'"
+    r"|cannot lock ref '[^'\n]*': is at [0-9a-f]+ but expected"
+    r"|Aborting commit due to empty commit message"
+    r"|(failed to read|could not open|unable to read|Invalid path) [^\n]*/worktrees/"
+    r"|\.lock'?:? File exists"
+    r"|could not lock config file"
+    r"|Another git process seems to be running",
+    re.IGNORECASE,
+)
+_LOCK_FILE = re.compile(r"'([^'\n]*\.lock)'")
+
+
+def _decode(data: bytes | str | None) -> str:
+    # Output may hold file contents or names in any encoding; a lone bad byte
+    # must not make a diff or a hook report impossible to show.
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return data.decode("utf-8", "replace")
+
+
+def _tail(text: str, limit: int = _MAX_DETAIL) -> str:
+    text = text.strip()
+    if len(text) > limit:
+        return "…" + text[-limit:]
+    return text
+
+
+def _git(
+    cwd: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    doing: str = "run git",
+    read_only: bool = False,
+    strip: bool = True,
+) -> _Result:
+    """Run ``git -C cwd <args>``; the one place that executes git.
+
+    Retries with a jittered exponential backoff (50 ms up to 1 s) while git
+    reports a lock file held by another process, for at most
+    ``LOCK_WAIT_SECONDS`` in total. Raises NotARepository when ``cwd`` is
+    missing or not inside a repository, GitError when the lock never frees or,
+    with ``check``, when git exits non-zero ("Could not <doing>: <git says>").
+    """
+    if not os.path.isdir(cwd):
+        if os.path.exists(cwd):
+            raise NotARepository(f"'{cwd}' is a file, not a folder.")
+        raise NotARepository(f"'{cwd}' does not exist.")
+
+    full_env = {"GIT_TERMINAL_PROMPT": "0"}
+    if read_only:
+        # Lets `status`/`diff` skip refreshing the index, so readers (the web
+        # page) do not take index.lock away from a committing worker.
+        full_env["GIT_OPTIONAL_LOCKS"] = "0"
+    if env:
+        full_env.update(env)
+    command = ["git", "-C", cwd, "-c", "core.quotepath=false", "-c", "color.ui=false", *args]
+
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            status, out, err = git.Git(cwd).execute(
+                command,
+                with_extended_output=True,
+                with_exceptions=False,
+                stdout_as_string=False,
+                strip_newline_in_stdout=strip,
+                env=full_env,
+            )
+        except GitCommandNotFound as exc:
+            raise GitError("git is not installed or not on the PATH of the board's processes.") from exc
+        except GitCommandError as exc:  # pragma: no cover - with_exceptions=False
+            raise GitError(f"Could not {doing}: {_tail(_decode(exc.stderr))}") from exc
+        except (OSError, ValueError) as exc:
+            # ValueError: an argument held a NUL byte, which no process can take.
+            raise GitError(f"Could not {doing}: {exc}") from exc
+
+        result = _Result(status, _decode(out), _decode(err))
+        if status == 0:
+            return result
+
+        _raise_if_not_a_repository(cwd, result.err)
+
+        if _LOCK_PATTERNS.search(result.err):
+            now = time.monotonic()
+            if now < deadline:
+                time.sleep(min(delay * random.uniform(0.5, 1.5), max(deadline - now, 0.0)))
+                delay = min(delay * 2, 1.0)
+                continue
+            found = _LOCK_FILE.search(result.err)
+            if found:
+                raise GitError(
+                    f"Could not {doing}: the repository at {cwd} stayed locked by another git "
+                    f"process for {LOCK_WAIT_SECONDS:g} seconds. If no git process is running "
+                    f"any more, delete the stale lock file {found.group(1)} and try again."
+                )
+            raise GitError(
+                f"Could not {doing}: the repository at {cwd} was still busy with another git "
+                f"process after {LOCK_WAIT_SECONDS:g} seconds: {_tail(result.err)}"
+            )
+
+        if check:
+            raise GitError(f"Could not {doing}: {_tail(result.err or result.out) or f'git exited with status {status}.'}")
+        return result
+
+
+def _raise_if_not_a_repository(cwd: str, err: str) -> None:
+    if re.match(r"\s*fatal: detected dubious ownership", err, re.IGNORECASE):
+        raise NotARepository(
+            f"git refuses to work in '{cwd}' because the folder belongs to another user; "
+            "fix its owner or add it to git's safe.directory setting."
+        )
+    # Only git's own verdict on the folder, at the start of its output: a hook's
+    # report quoting that phrase must stay a plain GitError.
+    if re.match(r"\s*fatal: not a git repository", err, re.IGNORECASE):
+        if "parent directories" in err:
+            raise NotARepository(f"'{cwd}' is not a git repository.")
+        raise NotARepository(f"'{cwd}' is not a usable git repository: {_tail(err)}")
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+# --------------------------------------------------------------------------
+# Repositories and branches
+# --------------------------------------------------------------------------
+
+
+def inspect_repository(path: str) -> RepoInfo:
+    """Check that ``path`` is the top level of a non-bare git working tree.
+
+    ``path`` may start with ``~``. Returns a :class:`RepoInfo`. Raises
+    :class:`NotARepository` (message names the path) when the path is
+    missing, is a file, is not a repository, is a bare repository, or is a
+    folder *inside* a repository (the message names the top level to use
+    instead, rather than silently taking a parent such as a dotfiles repo in
+    the home folder).
+    """
+    p = _abs(path)
+    if not os.path.exists(p):
+        raise NotARepository(f"'{p}' does not exist.")
+    if not os.path.isdir(p):
+        raise NotARepository(f"'{p}' is a file, not a folder.")
+
+    try:
+        with git.Repo(p) as found:
+            bare = found.bare
+    except PermissionError as exc:
+        raise NotARepository(f"'{p}' cannot be read by the board's processes ({exc.strerror}).") from exc
+    except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError):
+        # Repo() only looks at p itself; ask git whether p sits inside a work
+        # tree, to give the user a precise message.
+        try:
+            top = _git(p, "rev-parse", "--show-toplevel", check=False, read_only=True)
+        except NotARepository:
+            top = _Result(1, "", "")
+        if top.status == 0 and top.out:
+            raise NotARepository(
+                f"'{p}' is a folder inside the git repository '{top.out}'; choose that folder instead."
+            ) from None
+        raise NotARepository(f"'{p}' is not a git repository (run 'git init' there first).") from None
+    if bare:
+        raise NotARepository(f"'{p}' is a bare git repository; the board needs one with a working tree.")
+
+    top = _git(p, "rev-parse", "--show-toplevel", check=False, read_only=True)
+    if top.status != 0 or not top.out:
+        raise NotARepository(f"'{p}' is not the working tree of a git repository.")
+    if not _same_path(top.out, p):
+        raise NotARepository(f"'{p}' is a folder inside the git repository '{top.out}'; choose that folder instead.")
+
+    current: str | None = None
+    head = _git(p, "symbolic-ref", "--quiet", "HEAD", check=False, read_only=True)
+    if head.status == 0 and head.out.startswith("refs/heads/") and _commit_of(p, head.out):
+        current = head.out[len("refs/heads/"):]
+
+    listing = _git(p, "for-each-ref", "--format=%(refname)", "refs/heads", doing="list branches", read_only=True)
+    branches = sorted(line[len("refs/heads/"):] for line in listing.out.splitlines() if line.startswith("refs/heads/"))
+    return RepoInfo(path=os.path.realpath(top.out), current_branch=current, branches=branches)
+
+
+def _commit_of(repo: str, ref: str) -> str | None:
+    """Full sha of the commit ``ref`` (a full ref name or sha) points at, or None."""
+    r = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False, read_only=True)
+    return r.out.strip() if r.status == 0 and r.out.strip() else None
+
+
+def _has_any_commit(repo: str) -> bool:
+    refs = _git(repo, "for-each-ref", "--count=1", "--format=%(objectname)", check=False, read_only=True)
+    return bool(refs.out.strip()) or _commit_of(repo, "HEAD") is not None
+
+
+def _base_ref(repo: str, base_branch: str) -> tuple[str, str]:
+    """(full ref name, sha) of a local or remote-tracking branch; raises like resolve_base."""
+    name = (base_branch or "").strip()
+    # Revision syntax ('main~1', 'main^{tree}', 'a..b') names no branch.
+    if name and not re.search(r"[~^:?*\[\\\s]|@\{|\.\.", name):
+        # Always qualified refs: a name can then never be read as an option
+        # ('-x') or be shadowed by a tag or a file of the same name.
+        candidates = [name] if name.startswith("refs/") else [f"refs/heads/{name}", f"refs/remotes/{name}"]
+        for ref in candidates:
+            sha = _commit_of(repo, ref)
+            if sha:
+                return ref, sha
+    if not _has_any_commit(repo):
+        raise EmptyRepository(f"The repository {repo} has no commit yet; make a first commit before starting a card.")
+    if not name:
+        raise BranchNotFound(f"No base branch was given for {repo}.")
+    raise BranchNotFound(f"Branch '{name}' does not exist in {repo}.")
+
+
+def resolve_base(repo_path: str, base_branch: str) -> str:
+    """Full 40-hex sha of the commit ``base_branch`` points at now.
+
+    ``base_branch`` is a local branch (``"main"``), a remote-tracking branch
+    (``"origin/main"``) or a full ref (``"refs/heads/main"``); local wins over
+    remote-tracking. Nothing is fetched. Raises :class:`NotARepository`,
+    :class:`EmptyRepository` ("... has no commit yet") when the repository has
+    no commit at all, :class:`BranchNotFound` ("Branch 'x' does not exist in
+    /path.") otherwise.
+    """
+    return _base_ref(_abs(repo_path), base_branch)[1]
+
+
+# Letters NFKD does not split into an ASCII base letter plus accents.
+_TRANSLITERATE = str.maketrans(
+    {"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe", "Œ": "OE",
+     "đ": "d", "Đ": "D", "ł": "l", "Ł": "L", "þ": "th", "Þ": "TH", "ı": "i"}
+)
+
+
+def _slug(text: str, max_length: int) -> str:
+    ascii_text = (
+        unicodedata.normalize("NFKD", str(text).translate(_TRANSLITERATE)).encode("ascii", "ignore").decode("ascii")
+    )
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    if len(slug) > max_length:
+        cut = slug[:max_length]
+        # Prefer ending on a whole word when that keeps at least half the room.
+        if "-" in cut and slug[max_length] != "-" and cut.rfind("-") >= max_length // 2:
+            cut = cut[: cut.rfind("-")]
+        slug = cut.strip("-")
+    return slug
+
+
+def slugify(title: str, max_length: int = 40) -> str:
+    """Turn any title into a short, safe name part: the ONE sanitiser used for
+    both branch and folder names.
+
+    Returns lowercase ASCII letters and digits in words joined by single
+    ``-`` (accents folded: ``"Émoji ü"`` -> ``"emoji-u"``), no leading or
+    trailing ``-``, at most ``max_length`` characters (cut at a word boundary
+    when reasonable), and ``"task"`` when nothing usable is left. Such a
+    string is a valid file name and a valid git ref component everywhere.
+    """
+    return _slug(title, max(1, int(max_length))) or "task"
+
+
+def branch_name(prefix: str, card_id: int, title: str) -> str:
+    """The card's branch: ``f"{prefix}/{card_id}-{slugify(title)}"``.
+
+    Each ``/``-separated part of ``prefix`` goes through the same sanitiser;
+    empty parts are dropped and an empty prefix becomes ``"agent"``. The
+    result passes ``git check-ref-format --branch`` for any title.
+    Example: ``branch_name("agent", 12, "Fix login!")`` -> ``"agent/12-fix-login"``.
+    """
+    parts = [p for p in (_slug(part, 40) for part in str(prefix or "").split("/")) if p] or ["agent"]
+    return f"{'/'.join(parts)}/{int(card_id)}-{slugify(title)}"
+
+
+def worktree_folder(card_id: int, title: str) -> str:
+    """The card's worktree folder name (one path component, no slash):
+    ``f"{card_id}-{slugify(title)}"``."""
+    return f"{int(card_id)}-{slugify(title)}"
+
+
+# --------------------------------------------------------------------------
+# Worktrees
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Listed:
+    path: str
+    branch: str | None  # short name; None when detached
+    head: str | None
+
+
+def _list_worktrees(repo: str) -> list[_Listed]:
+    """Registered worktrees of ``repo``, the main one first."""
+    out = _git(repo, "worktree", "list", "--porcelain", doing="list worktrees", read_only=True).out
+    found: list[_Listed] = []
+    for block in re.split(r"\n\s*\n", out.strip()):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            fields[key] = value
+        if "worktree" not in fields or "bare" in fields:
+            continue
+        ref = fields.get("branch", "")
+        branch = ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None
+        found.append(_Listed(fields["worktree"], branch, fields.get("HEAD")))
+    return found
+
+
+def _merge_base(repo: str, a: str, b: str, base_name: str, branch: str) -> str:
+    r = _git(repo, "merge-base", a, b, check=False, read_only=True)
+    if r.status == 0 and r.out.strip():
+        return r.out.strip()
+    if r.status == 1:
+        raise GitError(f"Branch '{branch}' shares no history with '{base_name}' in {repo}.")
+    raise GitError(f"Could not find where '{branch}' left '{base_name}': {_tail(r.err)}")
+
+
+def ensure_worktree(repo_path: str, base_branch: str, branch: str, path: str) -> Worktree:
+    """Make (or reuse) the worktree at ``path`` with ``branch`` checked out.
+
+    Steps: resolve ``base_branch`` (see :func:`resolve_base`); ``git worktree
+    prune`` to drop records of folders deleted by hand; then
+
+    * ``path`` already a worktree of this repository on ``branch``: reused,
+      ``created=False``, ``base_commit`` = merge-base of branch and base;
+    * ``branch`` exists: ``git worktree add path branch``, ``base_commit`` =
+      merge-base of branch and base;
+    * otherwise: ``git worktree add -b branch path <base sha>``,
+      ``base_commit`` = that sha.
+
+    Parent folders of ``path`` are created. The user's checkout (its HEAD,
+    branch, index and uncommitted or untracked files) is never touched; the
+    worktree starts from the *committed* base, whatever state the checkout is
+    in (dirty, detached). Returns a :class:`Worktree` with absolute ``path``.
+
+    Raises :class:`NotARepository`, :class:`EmptyRepository`,
+    :class:`BranchNotFound` (base missing), and :class:`GitError` when
+    ``branch`` is not a valid name, ``path`` is the repository itself, a worktree
+    on another branch, or a non-empty folder, or ``branch`` is checked out in
+    another folder.
+    """
+    repo = _abs(repo_path)
+    target = _abs(path)
+    _, base_sha = _base_ref(repo, base_branch)
+
+    valid = bool(branch) and not branch.startswith("-")
+    if valid:
+        checked = _git(repo, "check-ref-format", "--branch", branch, check=False)
+        # --branch also expands '@{-1}' to another name; only a name that comes
+        # back unchanged is a plain, valid branch name.
+        valid = checked.status == 0 and checked.out.strip() == branch
+    if not valid:
+        raise GitError(f"'{branch}' is not a valid git branch name.")
+
+    _git(repo, "worktree", "prune", doing="clean up stale worktree records")
+    listed = _list_worktrees(repo)
+
+    if _same_path(repo, target) or (listed and _same_path(listed[0].path, target)):
+        raise GitError(f"The worktree folder {target} is the repository's own checkout; choose another folder.")
+    for wt in listed:
+        if _same_path(wt.path, target):
+            if wt.branch == branch:
+                base = _merge_base(repo, base_sha, f"refs/heads/{branch}", base_branch, branch)
+                return Worktree(path=target, branch=branch, base_commit=base, created=False)
+            on = f"branch '{wt.branch}'" if wt.branch else "a detached HEAD"
+            raise GitError(f"{target} is already a worktree of {repo}, but on {on}, not on '{branch}'.")
+    for wt in listed:
+        if wt.branch == branch:
+            raise GitError(
+                f"Branch '{branch}' is already checked out at {wt.path}; remove that worktree before using {target}."
+            )
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise GitError(f"Cannot create a worktree at {target}: something else is already there.")
+
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+    except OSError as exc:
+        raise GitError(f"Cannot create the folder for the worktree {target}: {exc.strerror or exc}.") from exc
+
+    existing = _commit_of(repo, f"refs/heads/{branch}")
+    if existing is None:
+        made = _git(repo, "worktree", "add", "-b", branch, target, base_sha, check=False)
+        if made.status == 0:
+            return Worktree(path=target, branch=branch, base_commit=base_sha, created=True)
+        # Another process may have made the branch in the meantime (or a
+        # lock-retried attempt made it before failing): fall through and use it.
+        if _commit_of(repo, f"refs/heads/{branch}") is None:
+            _raise_add_failed(repo, target, branch, made)
+
+    made = _git(repo, "worktree", "add", target, branch, check=False)
+    if made.status != 0:
+        _raise_add_failed(repo, target, branch, made)
+    base = _merge_base(repo, base_sha, f"refs/heads/{branch}", base_branch, branch)
+    return Worktree(path=target, branch=branch, base_commit=base, created=True)
+
+
+def _raise_add_failed(repo: str, target: str, branch: str, result: _Result) -> None:
+    # A failing post-checkout hook makes `worktree add` exit non-zero although
+    # the worktree exists; that worktree is usable, so only raise when it is not.
+    for wt in _list_worktrees(repo):
+        if _same_path(wt.path, target) and wt.branch == branch:
+            return
+    raise GitError(f"Could not create the worktree {target} on branch '{branch}': {_tail(result.err or result.out)}")
+
+
+def remove_worktree(repo_path: str, path: str) -> None:
+    """Delete the worktree folder ``path`` of ``repo_path`` and its record.
+
+    Runs ``git worktree remove --force`` (uncommitted and untracked files in
+    it are lost; the branch and its commits stay) then ``git worktree prune``.
+    A ``path`` that no longer exists is fine (only the prune runs). Raises
+    :class:`NotARepository` for a bad ``repo_path`` and :class:`GitError` when
+    ``path`` exists but is not a removable worktree of that repository (it is
+    then left alone).
+    """
+    repo = _abs(repo_path)
+    target = _abs(path)
+    if os.path.lexists(target):
+        _git(repo, "worktree", "remove", "--force", target, doing=f"remove the worktree {target}")
+    _git(repo, "worktree", "prune", doing="clean up stale worktree records")
+
+
+# --------------------------------------------------------------------------
+# Commits and diffs
+# --------------------------------------------------------------------------
+
+
+def _check_identity(identity: Identity) -> None:
+    for label, value in (("name", identity.name), ("email", identity.email)):
+        if not value or not value.strip() or any(c in value for c in "<>\n\r\0"):
+            raise GitError(
+                f"The commit identity's {label} {value!r} is not usable; set a name and an email "
+                "without '<', '>' or line breaks in the board's settings."
+            )
+
+
+def _trailer_lines(trailers: Mapping[str, str] | None) -> list[str]:
+    lines = []
+    for key, value in (trailers or {}).items():
+        # git only recognises a trailer whose key is a token and whose value
+        # stays on one line.
+        token = re.sub(r"[^A-Za-z0-9-]+", "-", str(key)).strip("-")
+        if token:
+            lines.append(f"{token}: {' '.join(str(value).split())}")
+    return lines
+
+
+def commit_all(
+    worktree_path: str,
+    message: str,
+    identity: Identity,
+    trailers: dict[str, str] | None = None,
+) -> str | None:
+    """Stage everything (``git add -A``, honouring .gitignore) and commit it.
+
+    ``message``: the commit message (``"Checkpoint"`` if blank). ``trailers``:
+    appended after a blank line as ``Key: value`` lines, in dict order (keys
+    reduced to letters, digits and ``-``; values to one line). Author and
+    committer are ``identity``, whatever git config says. Hooks run (no
+    ``--no-verify``); commit signing is turned off, since a background worker
+    cannot answer a passphrase prompt.
+
+    Returns the new commit's full sha, or ``None`` when nothing changed.
+    Raises :class:`NotARepository` for a bad path and :class:`GitError` when
+    the identity is unusable or the commit fails; a failing hook's output is
+    part of the message.
+    """
+    wt = _abs(worktree_path)
+    _check_identity(identity)
+    _git(wt, "add", "-A", doing=f"stage the changes in {wt}")
+
+    staged = _git(wt, "diff", "--cached", "--quiet", "--no-ext-diff", check=False)
+    if staged.status == 0:
+        return None
+    if staged.status != 1:
+        raise GitError(f"Could not compare the staged changes in {wt}: {_tail(staged.err)}")
+
+    text = (message or "").replace("\0", "").strip() or "Checkpoint"
+    lines = _trailer_lines(trailers)
+    if lines:
+        text = f"{text}\n\n" + "\n".join(lines)
+
+    result = _git(
+        wt,
+        "-c", "commit.gpgsign=false",
+        "commit", "--quiet", "--cleanup=whitespace", "-m", text,
+        env=identity.env(),
+        check=False,
+    )
+    if result.status != 0:
+        # Another process may have committed our staged changes between the
+        # check above and this commit; git then only says there is nothing to do.
+        if re.search(r"^(nothing to commit|nothing added to commit|no changes added to commit)", result.out, re.M):
+            return None
+        output = _tail("\n".join(part for part in (result.out.strip(), result.err.strip()) if part))
+        raise GitError(f"The commit in {wt} was refused (a git hook may have failed): {output or 'no output'}")
+    return _git(wt, "rev-parse", "HEAD", doing="read the new commit", read_only=True).out.strip()
+
+
+def _check_commit(repo: str, rev: str) -> str:
+    if not rev or rev.startswith("-"):
+        raise GitError(f"'{rev}' is not a commit in {repo}.")
+    sha = _commit_of(repo, rev)
+    if sha is None:
+        raise GitError(f"Commit '{rev}' does not exist in {repo}.")
+    return sha
+
+
+def new_commits(worktree_path: str, base_commit: str) -> list[Commit]:
+    """Commits reachable from the worktree's HEAD but not from ``base_commit``
+    (``git log base..HEAD``), oldest first, as :class:`Commit` values.
+
+    Raises :class:`NotARepository` for a bad path and :class:`GitError` when
+    ``base_commit`` is not a commit of the repository.
+    """
+    wt = _abs(worktree_path)
+    base = _check_commit(wt, base_commit)
+    out = _git(
+        wt, "log", "--reverse", "--no-show-signature", "-z", "--format=%H%n%an%n%aI%n%s", f"{base}..HEAD",
+        doing="list the new commits", read_only=True,
+    ).out
+    commits = []
+    for record in out.split("\0"):
+        if not record.strip():
+            continue
+        sha, author, date, subject = (record.lstrip("\n").split("\n", 3) + ["", "", ""])[:4]
+        commits.append(Commit(sha=sha, subject=subject, author=author, date=date))
+    return commits
+
+
+def diff_against_base(repo_path: str, base_branch: str, branch: str) -> str:
+    """Unified diff of ``branch`` against where it left ``base_branch``.
+
+    Runs ``git diff --no-color -M base...branch`` (three dots: from the
+    merge-base, so commits added to the base since do not show). ``base_branch``
+    may be local or remote-tracking, ``branch`` is local. Paths use the
+    ``a/`` and ``b/`` prefixes whatever the user's config. Returns the patch
+    text (``""`` when there is no difference; undecodable bytes become
+    U+FFFD). Raises :class:`BranchNotFound` when either branch is missing,
+    :class:`NotARepository`, :class:`GitError`.
+    """
+    repo = _abs(repo_path)
+    base_ref, _ = _base_ref(repo, base_branch)
+    if not branch or _commit_of(repo, f"refs/heads/{branch}") is None:
+        raise BranchNotFound(f"Branch '{branch}' does not exist in {repo}.")
+    return _git(
+        repo,
+        "diff", "--no-color", "--no-ext-diff", "--no-textconv", "-M",
+        "--src-prefix=a/", "--dst-prefix=b/",
+        f"{base_ref}...refs/heads/{branch}",
+        doing=f"compare '{branch}' with '{base_branch}'", read_only=True, strip=False,
+    ).out
+
+
+def diffstat(worktree_path: str, base_commit: str) -> str:
+    """One-line summary of the committed changes since ``base_commit``
+    (``git diff --shortstat -M base HEAD``), e.g.
+    ``"3 files changed, 10 insertions(+), 2 deletions(-)"``, or ``"no changes"``.
+
+    Uncommitted changes are not counted (see :func:`has_changes`). Raises
+    :class:`NotARepository` and :class:`GitError` (``base_commit`` unknown).
+    """
+    wt = _abs(worktree_path)
+    base = _check_commit(wt, base_commit)
+    out = _git(wt, "diff", "--shortstat", "-M", base, "HEAD", doing="summarise the changes", read_only=True).out
+    return out.strip() or "no changes"
+
+
+def has_changes(worktree_path: str) -> bool:
+    """True when the working tree has uncommitted work: modified, staged,
+    deleted or untracked files (files ignored by .gitignore do not count).
+    Raises :class:`NotARepository` and :class:`GitError`."""
+    wt = _abs(worktree_path)
+    out = _git(
+        wt, "status", "--porcelain", "-z", "--untracked-files=normal",
+        doing=f"read the status of {wt}", read_only=True,
+    ).out
+    return bool(out.strip("\0").strip())
