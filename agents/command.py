@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 FLUSH_INTERVAL = 0.25  # seconds between output pushes: a few updates a second per card, not one per line
@@ -31,21 +32,39 @@ class CommandResult:
     exit_code: int | None
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End the command's whole process group: SIGTERM, then SIGKILL after KILL_GRACE seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def spawn(command: str, cwd: str | Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``command`` with ``bash -c`` in ``cwd``: stdin closed, stdout and stderr merged into
+    one pipe (bytes), and a process group of its own so that it can be killed whole. Raises
+    OSError when it cannot start (a missing folder, say)."""
+    return subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
+    """End ``proc``'s whole process group: SIGTERM, then SIGKILL after ``grace`` seconds if the
+    leader is still there, then SIGKILL again for children that ignored SIGTERM. ``grace`` 0 sends
+    SIGKILL at once. Never raises for a group that is already gone."""
+    signals = (signal.SIGTERM, signal.SIGKILL) if grace > 0 else (signal.SIGKILL,)
+    for sig in signals:
         try:
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             return
         try:
-            proc.wait(timeout=KILL_GRACE)
-            # The leader is gone; children that ignored SIGTERM may remain in the group.
+            proc.wait(timeout=grace or None)
+            break
         except subprocess.TimeoutExpired:
             continue
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -66,15 +85,7 @@ def run_command(
     a non-zero exit status is a failed result with the reason.
     """
     try:
-        proc = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn(command, cwd, env)
     except OSError as exc:
         return CommandResult("failed", "", f"could not start the command: {exc}", None)
 
@@ -115,11 +126,11 @@ def run_command(
             break
         if killed_at is None and now > deadline:
             reason = f"the command did not end within {timeout:g} s and was killed"
-            _kill_group(proc)
+            kill_group(proc)
             killed_at = time.monotonic()
         elif killed_at is None and should_stop():
             reason = "stopped"
-            _kill_group(proc)
+            kill_group(proc)
             killed_at = time.monotonic()
         elif killed_at is not None and now - killed_at > 2 * KILL_GRACE:
             # Something outside the group still holds the pipe open: stop waiting for its end.
@@ -127,11 +138,8 @@ def run_command(
                 emit("log", "\n".join(pending))
             break
     code = proc.wait()
-    # A child that kept the pipe open died with the group above; anything else in the group goes now.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # Whatever the command left running in its group goes with it.
+    kill_group(proc, grace=0)
     if reason == "stopped":
         return CommandResult("stopped", last_line, "stopped by the lead", code)
     if reason:

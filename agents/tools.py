@@ -16,12 +16,13 @@ import difflib
 import fnmatch
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from agents.command import kill_group, spawn
 
 __all__ = [
     "ToolError",
@@ -346,13 +347,6 @@ def edit_file(root: Path, path: str, old: str, new: str) -> str:
     return f"edited {_display(root, target)} at line {text.count(chr(10), 0, at) + 1}"
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def run_command(
     root: Path,
     command: str,
@@ -379,16 +373,7 @@ def run_command(
         raise ToolError("timeout must be a number of seconds") from None
     limit = min(max(limit, 1.0), float(MAX_COMMAND_TIMEOUT))
 
-    proc = subprocess.Popen(
-        ["bash", "-c", command],
-        cwd=root,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=scrubbed_env(extra_env),
-    )
-    pgid = proc.pid  # start_new_session makes the child a group leader
+    proc = spawn(command, root, scrubbed_env(extra_env))
     head = bytearray()
     tail: collections.deque[bytes] = collections.deque()
     sizes = {"tail": 0, "total": 0}
@@ -429,13 +414,12 @@ def run_command(
             reason = "stopped on request; the command's process group was killed"
             break
     if reason:
-        _kill_group(pgid)
-        proc.wait()
+        kill_group(proc, grace=0)
     else:
         # Background children may still hold the pipe open; give them a moment to finish
         # writing, then make sure nothing of the group outlives the step.
         reader.join(DRAIN_GRACE)
-        _kill_group(pgid)
+        kill_group(proc, grace=0)
     reader.join(DRAIN_GRACE)
     if proc.stdout is not None and not reader.is_alive():
         proc.stdout.close()

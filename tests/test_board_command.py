@@ -12,7 +12,6 @@ import time
 import urllib.request
 
 import psutil
-import pytest
 from django.conf import settings
 
 from tests.conftest import git

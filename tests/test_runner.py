@@ -1,7 +1,6 @@
 """The runner end to end, on real throwaway repositories: a card's run from queued to its end."""
 
 import shutil
-import subprocess
 
 import pytest
 
