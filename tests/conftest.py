@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,8 +12,19 @@ GIT_ID = ["-c", "user.name=Test User", "-c", "user.email=test@example.invalid"]
 
 
 def git(cwd: Path | str, *args: str) -> str:
-    """Run git in ``cwd`` with a test identity (this machine has no global one); returns stdout."""
-    return subprocess.run(["git", *GIT_ID, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+    """Run git in ``cwd`` with a test identity (this machine has no global one); returns stdout.
+    Raises AssertionError with git's own message when it fails."""
+    result = subprocess.run(["git", *GIT_ID, *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

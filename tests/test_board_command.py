@@ -4,7 +4,6 @@ leaves no process behind."""
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,13 +13,7 @@ import urllib.request
 import psutil
 from django.conf import settings
 
-from tests.conftest import git
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, git
 
 
 def manage(env, *args) -> str:

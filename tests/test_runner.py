@@ -6,7 +6,7 @@ import pytest
 
 from agents import runner, worktrees
 from board.models import Card, Column, Event, Run, RunState
-from tests.conftest import git
+from tests.conftest import free_port, git
 
 pytestmark = pytest.mark.django_db
 
@@ -174,12 +174,7 @@ def test_the_builtin_agent_edit_is_a_checkpoint_commit_on_the_card_branch(make_c
 
 def test_a_model_endpoint_that_refuses_the_connection_fails_the_run(make_card, model_key, settings):
     settings.BOARD_MODEL_RETRIES = 0
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = start_and_run(builtin_card(make_card, f"http://127.0.0.1:{port}/v1"))
+    run = start_and_run(builtin_card(make_card, f"http://127.0.0.1:{free_port()}/v1"))
     assert run.state == RunState.FAILED
     assert "could not connect" in run.error and "connection refused" in run.error
 
