@@ -28,7 +28,7 @@ class BoardConsumer(AsyncWebsocketConsumer):
             return
         await self.channel_layer.group_add(relay.project_group(self.project_id), self.channel_name)
         await self.accept()
-        relay.ensure_started()
+        await relay.ensure_started()
         await self.send(text_data=await self._render_columns())
 
     async def disconnect(self, code):
@@ -70,7 +70,7 @@ class CardConsumer(AsyncWebsocketConsumer):
             return
         await self.channel_layer.group_add(relay.card_group(self.card_id), self.channel_name)
         await self.accept()
-        relay.ensure_started()
+        await relay.ensure_started()
         await self.send(text_data=await self._render(["header", "log"]))
 
     async def disconnect(self, code):

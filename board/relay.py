@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 _task: asyncio.Task | None = None
+_ready: asyncio.Event | None = None
 
 
 def project_group(project_id: int) -> str:
@@ -34,14 +35,16 @@ def card_group(card_id: int) -> str:
     return f"card-{card_id}"
 
 
-def ensure_started() -> None:
+async def ensure_started() -> None:
     """Start this process's relay on the running event loop, once (again if its loop has ended,
-    which happens between tests)."""
-    global _task
+    which happens between tests), and return when it has fixed the row it starts after. A consumer
+    that renders from the database after this misses nothing: every later row is pushed."""
+    global _task, _ready
     loop = asyncio.get_running_loop()
-    if _task is not None and not _task.done() and _task.get_loop() is loop:
-        return
-    _task = loop.create_task(_relay(), name="board-event-relay")
+    if _task is None or _task.done() or _task.get_loop() is not loop:
+        _ready = asyncio.Event()
+        _task = loop.create_task(_relay(_ready), name="board-event-relay")
+    await _ready.wait()
 
 
 @database_sync_to_async
@@ -58,9 +61,16 @@ def _rows_after(last_id: int) -> list[dict]:
     )
 
 
-async def _relay() -> None:
+async def _relay(ready: asyncio.Event) -> None:
     layer = get_channel_layer()
-    last_id = await _latest_id()
+    while True:
+        try:
+            last_id = await _latest_id()
+            break
+        except Exception:  # the database may be busy or briefly gone
+            log.exception("relay could not read where to start")
+            await asyncio.sleep(1)
+    ready.set()
     while True:
         try:
             rows = await _rows_after(last_id)

@@ -63,7 +63,7 @@ class Command(BaseCommand):
         # children in order instead of all of them racing.
         self.children = [
             subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "config.asgi:application"],
+                [sys.executable, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "config.asgi:application"],
                 cwd=base, env=env, start_new_session=True,
             ),
             subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=base, env=env, start_new_session=True),
