@@ -80,9 +80,10 @@ def _execute(run: Run) -> Outcome:
         raise RunFailure(f"The project's repository {project.repo_path} no longer exists.")
     worktrees.inspect_repository(project.repo_path)
     if not card.branch:
-        card.branch = worktrees.branch_name(project.branch_prefix, card.pk, card.title)
-        card.worktree_path = str(
-            settings.WORKTREES_DIR / str(project.pk) / worktrees.worktree_folder(card.pk, card.title)
+        # Recorded before the branch exists, so a crash from here on leaves a branch that is
+        # known to be the card's own and is reused by the next run.
+        card.branch, card.worktree_path = worktrees.free_names(
+            project.repo_path, project.branch_prefix, card.pk, card.title, str(settings.WORKTREES_DIR / str(project.pk))
         )
         card.save(update_fields=["branch", "worktree_path", "updated_at"])
     run.emit("step", f"Preparing worktree on branch {card.branch} from {project.base_branch}")

@@ -185,3 +185,15 @@ def test_a_model_call_that_times_out_fails_the_run(make_card, model_key, setting
         run = start_and_run(builtin_card(make_card, llm.base_url))
     assert run.state == RunState.FAILED
     assert "timed out" in run.error
+
+
+def test_a_branch_and_folder_left_by_someone_else_are_avoided_with_a_new_name(make_card, project, settings):
+    card = make_card("echo mine > mine.txt")
+    taken_branch = f"agent/{card.pk}-do-the-thing"
+    git(project.repo_path, "branch", taken_branch)  # made by hand, not the card's
+    (settings.WORKTREES_DIR / str(project.pk) / f"{card.pk}-do-the-thing-2").mkdir(parents=True)
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert card.branch == f"{taken_branch}-3"
+    assert card.worktree_path.endswith(f"{card.pk}-do-the-thing-3")
+    assert git(project.repo_path, "rev-list", "--count", f"main..{taken_branch}").strip() == "0", "left alone"
