@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # Variables of the board's own that an agent's commands have no business seeing.
 BOARD_SECRETS = ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "BOARD_DB_PATH")
+SETUP_TAIL_LINES = 30  # lines of a failed setup command's output kept in the run's reason
 
 
 class RunFailure(Exception):
@@ -91,6 +92,8 @@ def _execute(run: Run) -> Outcome:
     run.base_commit = tree.base_commit
     run.save(update_fields=["base_commit"])
     run.emit("step", f"Worktree {'created' if tree.created else 'reused'} at {tree.path} (base {tree.base_commit[:10]})")
+    if tree.created:
+        _fill_worktree(run, tree.path)
 
     agent = run.agent
     if agent.kind == Agent.Kind.COMMAND:
@@ -109,6 +112,33 @@ def _execute(run: Run) -> Outcome:
         stat = worktrees.diffstat(tree.path, tree.base_commit)
         outcome.summary = "; ".join(part for part in (outcome.summary, stat) if part)
     return outcome
+
+
+def _fill_worktree(run: Run, worktree: str) -> None:
+    """What a new worktree needs besides the checkout: submodules, the ignored files the project
+    lists (such as .env), then its setup command, whose failure fails the run with its output."""
+    project = run.card.project
+    for line in worktrees.prepare_worktree(worktree):
+        run.emit("step", line)
+    copied = worktrees.copy_ignored_files(project.repo_path, worktree, project.copy_patterns)
+    if copied:
+        run.emit("step", f"Copied {len(copied)} ignored file(s): {', '.join(copied[:20])}")
+    if project.setup_command.strip():
+        run.emit("step", f"Setup: $ {project.setup_command}")
+        tail: list[str] = []
+
+        def emit(kind: str, text: str) -> None:
+            tail.extend(text.splitlines())
+            del tail[:-SETUP_TAIL_LINES]
+            run.emit(kind, text)
+
+        result = run_command(
+            project.setup_command, cwd=worktree, env=agent_environment(run, _prompt_file(run)),
+            emit=emit, timeout=settings.BOARD_RUN_TIMEOUT,
+        )
+        if result.state != RunState.SUCCEEDED:
+            output = "\n".join(tail)
+            raise RunFailure(f"The setup command failed: {result.error}" + (f"\n{output}" if output else ""))
 
 
 def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:

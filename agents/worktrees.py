@@ -22,9 +22,11 @@ the user's own checkout.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 import re
+import shutil
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -60,6 +62,10 @@ __all__ = [
 #: Upper bound, in seconds, on how long one git command waits for another
 #: process's lock file to go away before giving up with a :class:`GitError`.
 LOCK_WAIT_SECONDS = 30.0
+# Seconds one git command may take before it is killed: long enough for a checkout of a very
+# large repository, short enough that a hung command (a credential prompt, a stuck filter)
+# fails the run instead of holding it. Tests lower it.
+COMMAND_TIMEOUT = 600.0
 
 # Longest stretch of git output (characters) quoted in an error message; a
 # failing hook can print a whole test report and a card has limited room.
@@ -223,15 +229,19 @@ def _git(
     doing: str = "run git",
     read_only: bool = False,
     strip: bool = True,
+    timeout: float | None = None,
 ) -> _Result:
     """Run ``git -C cwd <args>``; the one place that executes git.
 
     Retries with a jittered exponential backoff (50 ms up to 1 s) while git
     reports a lock file held by another process, for at most
-    ``LOCK_WAIT_SECONDS`` in total. Raises NotARepository when ``cwd`` is
-    missing or not inside a repository, GitError when the lock never frees or,
-    with ``check``, when git exits non-zero ("Could not <doing>: <git says>").
+    ``LOCK_WAIT_SECONDS`` in total. A command running longer than ``timeout``
+    seconds (default ``COMMAND_TIMEOUT``) is killed. Raises NotARepository when
+    ``cwd`` is missing or not inside a repository, GitError when the lock never
+    frees, on a timeout or, with ``check``, when git exits non-zero ("Could not
+    <doing>: <git says>").
     """
+    limit = COMMAND_TIMEOUT if timeout is None else timeout
     if not os.path.isdir(cwd):
         if os.path.exists(cwd):
             raise NotARepository(f"'{cwd}' is a file, not a folder.")
@@ -257,6 +267,7 @@ def _git(
                 stdout_as_string=False,
                 strip_newline_in_stdout=strip,
                 env=full_env,
+                kill_after_timeout=limit,
             )
         except GitCommandNotFound as exc:
             raise GitError("git is not installed or not on the PATH of the board's processes.") from exc
@@ -269,6 +280,8 @@ def _git(
         result = _Result(status, _decode(out), _decode(err))
         if status == 0:
             return result
+        if result.err.startswith("Timeout: the command"):  # GitPython's words after killing it
+            raise GitError(f"Could not {doing}: git did not finish within {limit:g} seconds and was stopped.")
 
         _raise_if_not_a_repository(cwd, result.err)
 
@@ -784,3 +797,82 @@ def has_changes(worktree_path: str) -> bool:
         doing=f"read the status of {wt}", read_only=True,
     ).out
     return bool(out.strip("\0").strip())
+
+
+# --------------------------------------------------------------------------
+# What a new worktree holds besides the checkout
+# --------------------------------------------------------------------------
+
+
+def _matches(rel: str, pattern: str) -> bool:
+    """Whether ``rel`` (a file's path relative to the repository, ``/``-separated) is named by
+    ``pattern``: a glob on the whole path (``config/*.py``), on the file name alone when the
+    pattern has no ``/`` (``.env``, ``*.pem``), or a folder and everything below it (``certs/``)."""
+    pattern = pattern.strip().lstrip("/")
+    if pattern.endswith("/"):
+        return rel.startswith(pattern)
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+    return fnmatch.fnmatchcase(rel, pattern) or rel.startswith(pattern + "/")
+
+
+def copy_ignored_files(repo_path: str, worktree_path: str, patterns: list[str]) -> list[str]:
+    """Copy into the worktree the files of the user's checkout that git ignores and ``patterns``
+    name (see :func:`_matches`), such as ``.env``; files already in the worktree are left as they
+    are. Tracked files are never copied: the checkout holds them already. Returns the copied
+    paths, relative and sorted. Raises :class:`NotARepository` and :class:`GitError`; a file that
+    cannot be read raises GitError naming it."""
+    patterns = [p for p in (p.strip() for p in patterns) if p]
+    if not patterns:
+        return []
+    repo, wt = _abs(repo_path), _abs(worktree_path)
+    out = _git(
+        repo, "ls-files", "--others", "--ignored", "--exclude-standard", "-z",
+        doing="list the ignored files", read_only=True,
+    ).out
+    copied = []
+    for rel in sorted(filter(None, out.split("\0"))):
+        if not any(_matches(rel, p) for p in patterns):
+            continue
+        source, target = os.path.join(repo, rel), os.path.join(wt, rel)
+        if os.path.lexists(target) or not os.path.isfile(source):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            shutil.copy2(source, target, follow_symlinks=False)
+        except OSError as exc:
+            raise GitError(f"Could not copy {rel} into the worktree: {exc.strerror or exc}") from exc
+        copied.append(rel)
+    return copied
+
+
+def _uses_lfs(worktree: str) -> bool:
+    attributes = os.path.join(worktree, ".gitattributes")
+    try:
+        with open(attributes, encoding="utf-8", errors="replace") as f:
+            return any("filter=lfs" in line for line in f)
+    except OSError:
+        return False
+
+
+def prepare_worktree(worktree_path: str) -> list[str]:
+    """Finish a new worktree's checkout: initialise its submodules (recursively) and check that
+    Git LFS is there when the repository uses it. Returns one line per thing done, for the card.
+    Raises :class:`GitError` with a clear reason: LFS used but git-lfs not installed, or a
+    submodule that cannot be fetched."""
+    wt = _abs(worktree_path)
+    done = []
+    if _uses_lfs(wt) and _git(wt, "lfs", "version", check=False, read_only=True).status != 0:
+        raise GitError(
+            "This repository uses Git LFS (filter=lfs in .gitattributes) but git-lfs is not installed "
+            "on this machine: install it (apt-get install git-lfs, or see git-lfs.com) and start the card again."
+        )
+    if os.path.exists(os.path.join(wt, ".gitmodules")):
+        # Submodules cloned from local paths need the file protocol, which git refuses by default
+        # since 2.38.1 (CVE-2022-39253) unless allowed for this one command.
+        _git(
+            wt, "-c", "protocol.file.allow=always", "submodule", "update", "--init", "--recursive",
+            doing="initialise the submodules",
+        )
+        done.append("Submodules initialised")
+    return done

@@ -25,8 +25,9 @@ class ProjectForm(forms.ModelForm):
 
     class Meta:
         model = Project
-        fields = ["repo_path", "base_branch", "name", "branch_prefix"]
-        labels = {"repo_path": "Repository path"}
+        fields = ["repo_path", "base_branch", "name", "branch_prefix", "copy_files", "setup_command"]
+        labels = {"repo_path": "Repository path", "copy_files": "Files to copy", "setup_command": "Setup command"}
+        widgets = {"copy_files": forms.Textarea(attrs={"rows": 2}), "setup_command": forms.Textarea(attrs={"rows": 1})}
 
     def clean_repo_path(self):
         path = os.path.abspath(os.path.expanduser(self.cleaned_data["repo_path"].strip()))

@@ -43,10 +43,22 @@ class Project(models.Model):
     repo_path = models.CharField(max_length=4096, help_text="Absolute path of the repository's working tree.")
     base_branch = models.CharField(max_length=255)
     branch_prefix = models.CharField(max_length=100, default="agent")
+    copy_files = models.TextField(
+        blank=True,
+        help_text="Gitignored files to copy into each new worktree: one pattern a line, such as .env or config/local.py.",
+    )
+    setup_command = models.TextField(
+        blank=True, help_text="Run in each new worktree before the agent, such as npm ci. If it fails, the run fails."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name", "id"]
+
+    @property
+    def copy_patterns(self) -> list[str]:
+        """The non-empty lines of ``copy_files``."""
+        return [line.strip() for line in self.copy_files.splitlines() if line.strip()]
 
     def __str__(self):
         return self.name

@@ -120,3 +120,10 @@ def test_card_start_wait_runs_it_on_a_real_worker_and_prints_the_result(make_car
     assert len(data["commits"]) == 1
     assert data["base_commit"] == git(project.repo_path, "rev-parse", "main").strip()
     assert "finished" in data["summary"]
+
+
+def test_project_add_takes_files_to_copy_and_a_setup_command(make_repo):
+    run_cmd("project", "add", str(make_repo()), "--copy", ".env", "--copy", "config/local.py", "--setup", "npm ci")
+    project = Project.objects.get()
+    assert project.copy_patterns == [".env", "config/local.py"]
+    assert project.setup_command == "npm ci"

@@ -1,6 +1,7 @@
 """The runner end to end, on real throwaway repositories: a card's run from queued to its end."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,62 @@ def test_a_branch_and_folder_left_by_someone_else_are_avoided_with_a_new_name(ma
     assert card.branch == f"{taken_branch}-3"
     assert card.worktree_path.endswith(f"{card.pk}-do-the-thing-3")
     assert git(project.repo_path, "rev-list", "--count", f"main..{taken_branch}").strip() == "0", "left alone"
+
+
+def test_listed_ignored_files_are_copied_and_the_setup_command_runs_in_the_new_worktree(make_card, project):
+    repo = project.repo_path
+    (Path(repo) / ".gitignore").write_text(".env\nconfig/local.py\nbuild/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "Ignore local files")
+    (Path(repo) / ".env").write_text("TOKEN=abc\n")
+    (Path(repo) / "config").mkdir()
+    (Path(repo) / "config" / "local.py").write_text("DEBUG = True\n")
+    (Path(repo) / "build").mkdir()
+    (Path(repo) / "build" / "big.bin").write_text("not listed\n")
+    project.copy_files = ".env\nconfig/local.py\n"
+    project.setup_command = "echo setting up; cat .env > setup-saw.txt"
+    project.save()
+    card = make_card("test -f .env && test -f config/local.py && ! test -e build/big.bin && echo agent ok")
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    worktree = Path(card.worktree_path)
+    assert (worktree / "setup-saw.txt").read_text() == "TOKEN=abc\n"
+    logged = "\n".join(run.events.values_list("text", flat=True))
+    assert "Copied 2 ignored file(s): .env, config/local.py" in logged and "setting up" in logged
+    # Copied files stay ignored: they never reach the card's commits.
+    assert ".env" not in git(repo, "show", "--name-only", "--format=", card.branch)
+
+
+def test_a_failing_setup_command_fails_the_run_with_its_output(make_card, project):
+    project.setup_command = "echo 'npm ERR! missing package.json' >&2; exit 1"
+    project.save()
+    card = make_card("echo should not run > ran.txt")
+    run = start_and_run(card)
+    assert run.state == RunState.FAILED
+    assert "setup command failed" in run.error and "npm ERR! missing package.json" in run.error
+    assert not (Path(card.worktree_path) / "ran.txt").exists()
+
+
+def test_submodules_are_initialised_in_the_worktree(make_card, project, make_repo):
+    library = make_repo("library")
+    git(project.repo_path, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(library), "lib")
+    git(project.repo_path, "commit", "-q", "-m", "Add the library")
+    card = make_card("cat lib/README.md")
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert (Path(card.worktree_path) / "lib" / "README.md").read_text() == "# Demo\n"
+
+
+def test_a_repository_using_lfs_fails_clearly_where_git_lfs_is_missing(make_card, project, monkeypatch, tmp_path):
+    repo = project.repo_path
+    (Path(repo) / ".gitattributes").write_text("*.psd filter=lfs diff=lfs merge=lfs -text\n")
+    git(repo, "add", ".gitattributes")
+    git(repo, "commit", "-q", "-m", "Track designs with LFS")
+    # A PATH that has git and nothing else, so git-lfs is missing whatever this machine has.
+    only_git = tmp_path / "only-git"
+    only_git.mkdir()
+    (only_git / "git").symlink_to(shutil.which("git"))
+    monkeypatch.setenv("PATH", str(only_git))
+    run = start_and_run(make_card())
+    assert run.state == RunState.FAILED
+    assert "Git LFS" in run.error and "git-lfs is not installed" in run.error

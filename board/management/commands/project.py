@@ -15,6 +15,11 @@ class Command(BaseCommand):
         add.add_argument("--base", default="", help="Base branch (default: the branch checked out there).")
         add.add_argument("--name", default="")
         add.add_argument("--prefix", default="", help="Branch prefix for the cards' branches.")
+        add.add_argument(
+            "--copy", action="append", default=[], metavar="PATTERN",
+            help="A gitignored file to copy into each new worktree, such as .env (repeatable).",
+        )
+        add.add_argument("--setup", default="", metavar="CMD", help="Command run in each new worktree, such as 'npm ci'.")
         sub.add_parser("list", help="List projects: id, name, base branch, path.")
 
     def handle(self, *args, action, **options):
@@ -24,7 +29,8 @@ class Command(BaseCommand):
             return
         form = ProjectForm(
             {"repo_path": options["path"], "base_branch": options["base"], "name": options["name"],
-             "branch_prefix": options["prefix"]}
+             "branch_prefix": options["prefix"], "copy_files": "\n".join(options["copy"]),
+             "setup_command": options["setup"]}
         )
         if not form.is_valid():
             raise form_errors(form)
