@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from django.conf import settings
 
 from agents import worktrees
 from agents.command import run_command
-from board.models import Agent, Run, RunState
+from board.models import Agent, BoardError, Card, Project, Run, RunState
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,25 @@ def execute(run_id: int) -> str | None:
     commits = _branch_commits(run)
     run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
     return outcome.state
+
+
+class _StopFlag:
+    """``should_stop`` for the agents: whether the lead asked this run to stop, read from the
+    database at most once every POLL seconds (the agents call it many times a second)."""
+
+    POLL = 1.0
+
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+        self.checked_at = 0.0
+        self.stop = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.stop and now - self.checked_at >= self.POLL:
+            self.checked_at = now
+            self.stop = Run.objects.filter(pk=self.run_id, stop_requested=True).exists()
+        return self.stop
 
 
 def _identity() -> worktrees.Identity:
@@ -177,6 +197,7 @@ def _run_command_agent(run: Run, worktree: str) -> Outcome:
         env=agent_environment(run, _prompt_file(run)),
         emit=lambda kind, text: run.emit(kind, text),
         timeout=settings.BOARD_RUN_TIMEOUT,
+        should_stop=_StopFlag(run.pk),
     )
     return Outcome(result.state, result.summary[:300], result.error)
 
@@ -208,6 +229,72 @@ def _run_builtin_agent(run: Run, worktree: str) -> Outcome:
     env = agent_environment(run, _prompt_file(run))
     extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_"))}
     result = builtin.run(
-        state, Path(worktree), config, emit=run.emit, checkpoint=checkpoint, save_state=save_state, extra_env=extra_env
+        state, Path(worktree), config, emit=run.emit, checkpoint=checkpoint, save_state=save_state,
+        should_stop=_StopFlag(run.pk), extra_env=extra_env,
     )
     return Outcome(result.state, result.summary, result.error)
+
+
+def delete_card(card: Card, delete_branch: bool = False, stop_wait: float = 15.0) -> str:
+    """Delete a card without losing work by accident: stop its agent (waiting up to ``stop_wait``
+    seconds for the run to end), commit what its worktree holds uncommitted, remove the worktree,
+    and delete its branch only when it has no commit that is not on the base branch or when
+    ``delete_branch`` says so. Returns a sentence saying what happened to the branch. Raises
+    BoardError when the agent does not stop in time (nothing is deleted then)."""
+    run = card.current_run
+    if run is not None and run.is_active:
+        run.request_stop()
+        deadline = time.monotonic() + stop_wait
+        while True:
+            run.refresh_from_db()
+            if not run.is_active:
+                break
+            if time.monotonic() > deadline:
+                raise BoardError(f"The agent did not stop within {stop_wait:g} s; the card was not deleted. Try again.")
+            time.sleep(0.2)
+    project = card.project
+    note = "It had no branch yet."
+    if card.branch and os.path.isdir(project.repo_path):
+        if card.worktree_path and os.path.isdir(card.worktree_path):
+            if worktrees.has_changes(card.worktree_path):
+                worktrees.commit_all(
+                    card.worktree_path, f"Card #{card.pk}: work left when the card was deleted", _identity(),
+                    {"Card": f"#{card.pk}"},
+                )
+            worktrees.remove_worktree(project.repo_path, card.worktree_path)
+        try:
+            unlanded = worktrees.unlanded_commits(project.repo_path, project.base_branch, card.branch)
+        except worktrees.BranchNotFound:  # the base is gone: keep the branch, it may be all there is
+            unlanded = -1
+        if unlanded == 0 or delete_branch:
+            worktrees.delete_branch(project.repo_path, card.branch)
+            note = f"Its branch {card.branch} was deleted."
+        else:
+            note = f"Its branch {card.branch} was kept: it has commits that are not on {project.base_branch}."
+    card.remove()
+    return note
+
+
+def sweep_worktrees() -> list[str]:
+    """Remove the worktrees under the board's data folder that no card owns, and only those:
+    left by a crash or a reset database. Uncommitted work in one is first committed on its branch,
+    and branches are never deleted here. Returns the removed paths. Projects whose repository is
+    gone are skipped."""
+    owned = {os.path.realpath(p) for p in Card.objects.exclude(worktree_path="").values_list("worktree_path", flat=True)}
+    removed = []
+    for project in Project.objects.all():
+        folder = settings.WORKTREES_DIR / str(project.pk)
+        if not (folder.is_dir() and os.path.isdir(project.repo_path)):
+            continue
+        try:
+            listed = worktrees.worktrees_under(project.repo_path, str(folder))
+            for path, branch in listed:
+                if os.path.realpath(path) in owned:
+                    continue
+                if branch and worktrees.has_changes(path):
+                    worktrees.commit_all(path, "Work recovered from a worktree no card owned", _identity())
+                worktrees.remove_worktree(project.repo_path, path)
+                removed.append(path)
+        except worktrees.GitError:
+            log.exception("could not sweep the worktrees of project %s", project.pk)
+    return removed

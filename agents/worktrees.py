@@ -641,6 +641,45 @@ def remove_worktree(repo_path: str, path: str) -> None:
     _git(repo, "worktree", "prune", doing="clean up stale worktree records")
 
 
+def worktrees_under(repo_path: str, folder: str) -> list[tuple[str, str | None]]:
+    """The registered worktrees of ``repo_path`` whose path lies inside ``folder``, as
+    ``(path, branch)`` pairs (branch None when detached), after pruning stale records. Raises
+    :class:`NotARepository` and :class:`GitError`."""
+    repo = _abs(repo_path)
+    _git(repo, "worktree", "prune", doing="clean up stale worktree records")
+    root = os.path.realpath(folder)
+    return [
+        (w.path, w.branch)
+        for w in _list_worktrees(repo)
+        if os.path.realpath(w.path).startswith(root.rstrip(os.sep) + os.sep)
+    ]
+
+
+def branch_exists(repo_path: str, branch: str) -> bool:
+    """Whether the local branch ``branch`` exists in ``repo_path``."""
+    return _commit_of(_abs(repo_path), f"refs/heads/{branch}") is not None
+
+
+def unlanded_commits(repo_path: str, base_branch: str, branch: str) -> int:
+    """How many commits of ``branch`` are not on ``base_branch`` (0 when the branch is missing):
+    the work that deleting the branch would lose. Raises :class:`GitError` when the base is
+    missing."""
+    repo = _abs(repo_path)
+    if not branch_exists(repo, branch):
+        return 0
+    base_ref, _ = _base_ref(repo, base_branch)
+    out = _git(repo, "rev-list", "--count", f"{base_ref}..refs/heads/{branch}", doing="count the branch's commits", read_only=True).out
+    return int(out.strip() or 0)
+
+
+def delete_branch(repo_path: str, branch: str) -> None:
+    """Delete the local branch ``branch`` (its commits too, unless something else holds them);
+    a missing branch is fine. Raises :class:`GitError`, e.g. when it is checked out somewhere."""
+    repo = _abs(repo_path)
+    if branch_exists(repo, branch):
+        _git(repo, "branch", "-D", "--", branch, doing=f"delete the branch {branch}")
+
+
 # --------------------------------------------------------------------------
 # Commits and diffs
 # --------------------------------------------------------------------------

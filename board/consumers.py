@@ -42,7 +42,7 @@ class BoardConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def _render_card(self, event: dict) -> str:
         card = Card.objects.select_related("agent", "current_run").filter(pk=event["card_id"]).first()
-        if card is None:
+        if card is None:  # deleted
             return f'<div id="card-{event["card_id"]}" hx-swap-oob="delete"></div>'
         data = event.get("data") or {}
         moved = event["kind"] == "card" and data.get("to") and data.get("from") != data.get("to")
@@ -78,7 +78,9 @@ class CardConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def _render(self, parts: list[str]) -> str:
-        card = Card.objects.select_related("project", "agent", "current_run").get(pk=self.card_id)
+        card = Card.objects.select_related("project", "agent", "current_run").filter(pk=self.card_id).first()
+        if card is None:
+            return '<section id="card-header" class="panel" hx-swap-oob="true"><p role="alert">This card was deleted.</p></section>'
         context = {**card_context(card, with_diff="diff" in parts), "oob": True}
         if "log" in parts:
             self.run_id = card.current_run_id

@@ -174,6 +174,20 @@ class Card(models.Model):
         self.save(update_fields=["column", "position", "updated_at"])
         Event.record(self, self.current_run, "card", "moved", {"from": old, "to": column})
 
+    def stop(self) -> None:
+        """Stop the card's run (see Run.request_stop); raises BoardError when nothing runs."""
+        run = Run.objects.filter(pk=self.current_run_id).first()
+        if run is None or not run.is_active:
+            raise BoardError("This card is not running.")
+        run.request_stop()
+
+    def remove(self) -> None:
+        """Delete the card, its runs and their events, and tell open boards. The caller has
+        stopped its agent and dealt with its worktree and branch first (agents.runner)."""
+        with transaction.atomic():
+            Event.record(self, None, "card", "deleted", {"from": self.column, "to": None})
+            self.delete()
+
     def as_dict(self) -> dict:
         """The card as ``card show --json`` prints it: id, state (of the latest run, or "idle"),
         column, branch, worktree, base_commit, commits (the branch's new commit ids, oldest first, as
@@ -225,6 +239,7 @@ class Run(models.Model):
     last_line = models.CharField(max_length=300, blank=True, help_text="The latest step or output line.")
     agent_state = models.JSONField(default=dict, blank=True, help_text="The built-in agent's stored conversation.")
     last_seq = models.IntegerField(default=0)
+    stop_requested = models.BooleanField(default=False)
     worker_host = models.CharField(max_length=255, blank=True)
     worker_pid = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -256,6 +271,19 @@ class Run(models.Model):
         run = cls.objects.select_related("card__project", "agent").get(pk=run_id)
         run.emit("state", "running")
         return run
+
+    def request_stop(self) -> None:
+        """Ask the run to stop. A queued run ends ``stopped`` at once; a running one is stopped by
+        its worker, which polls ``stop_requested`` about once a second and kills the agent's whole
+        process group. A run that has ended is left as it is."""
+        with transaction.atomic():
+            state = Run.objects.values_list("state", flat=True).get(pk=self.pk)
+            if state == RunState.QUEUED:
+                self.refresh_from_db()
+                self.finish(RunState.STOPPED, error="Stopped before it started.")
+            elif state in ACTIVE_STATES:
+                Run.objects.filter(pk=self.pk).update(stop_requested=True)
+                self.emit("step", "Stop requested")
 
     def emit(self, kind: str, text: str = "", data: dict | None = None) -> Event:
         """Append one event to this run's stream (the next sequence number) and, for steps and
@@ -311,7 +339,8 @@ class Event(models.Model):
     by ``id``, so a browser that missed a push still finds the truth here."""
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, null=True, related_name="events")
-    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="events")
+    # Plain ids, not foreign keys: the event that says a card was deleted outlives the card.
+    card_id = models.BigIntegerField(db_index=True)
     project_id = models.BigIntegerField(db_index=True)
     seq = models.IntegerField(default=0)
     kind = models.CharField(max_length=20)
@@ -329,5 +358,5 @@ class Event(models.Model):
     def record(cls, card: Card, run: Run | None, kind: str, text: str = "", data: dict | None = None) -> Event:
         """An event about the card itself (created, moved), outside any run's numbering."""
         return cls.objects.create(
-            card=card, run=run, project_id=card.project_id, seq=0, kind=kind, text=text, data=data or {}
+            card_id=card.pk, run=run, project_id=card.project_id, seq=0, kind=kind, text=text, data=data or {}
         )

@@ -16,7 +16,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer
 
-from agents import worktrees
+from agents import runner, worktrees
 from board.forms import AgentForm, CardForm, ProjectForm
 from board.models import Agent, BoardError, Card, Column, Project
 
@@ -106,7 +106,14 @@ def card_context(card: Card, with_diff: bool = True) -> dict:
     events = []
     if run:
         events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0).order_by("-seq")[:LOG_TAIL])[::-1]
+    unlanded = 0
+    if card.branch and os.path.isdir(card.project.repo_path):
+        try:
+            unlanded = worktrees.unlanded_commits(card.project.repo_path, card.project.base_branch, card.branch)
+        except worktrees.GitError:
+            unlanded = 0
     context = {
+        "unlanded": unlanded,
         "card": card,
         "run": run,
         "runs": card.runs.select_related("agent").order_by("-id"),
@@ -139,6 +146,35 @@ def card_start(request, card_id):
     if error:
         messages.error(request, error)
     return redirect("card_detail", card_id=card.pk)
+
+
+@require_POST
+def card_stop(request, card_id):
+    card = get_object_or_404(Card.objects.select_related("current_run"), pk=card_id)
+    error = ""
+    try:
+        card.stop()
+    except BoardError as exc:
+        error = str(exc)
+    card = Card.objects.select_related("agent", "current_run").get(pk=card.pk)
+    if request.htmx:
+        return render(request, "board/board.html#card", {"card": card, "error": error}, status=409 if error else 200)
+    if error:
+        messages.error(request, error)
+    return redirect("card_detail", card_id=card.pk)
+
+
+@require_POST
+def card_delete(request, card_id):
+    card = get_object_or_404(Card.objects.select_related("project", "current_run"), pk=card_id)
+    project_id = card.project_id
+    try:
+        note = runner.delete_card(card, delete_branch=request.POST.get("delete_branch") == "on")
+    except (BoardError, worktrees.GitError) as exc:
+        messages.error(request, f"The card was not deleted: {exc}")
+        return redirect("card_detail", card_id=card_id)
+    messages.success(request, f"Card #{card_id} deleted. {note}")
+    return redirect("board", project_id=project_id)
 
 
 def agents(request):

@@ -121,3 +121,14 @@ async def test_a_line_already_shown_is_not_appended_again(make_card):
     assert "".join(messages).count(">only once please</div>") == 1
     await watcher.disconnect()
     await page.disconnect()
+
+
+async def test_a_deleted_card_disappears_from_open_boards(make_card, project):
+    card = await database_sync_to_async(make_card)()
+    communicator = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/", headers=HEADERS)
+    assert (await communicator.connect())[0]
+    await communicator.receive_from(timeout=5)
+    await asyncio.to_thread(other_process, f"from board.models import Card\nCard.objects.get(pk={card.pk}).remove()")
+    pushed = await receive_until(communicator, f'id="card-{card.pk}" hx-swap-oob="delete"')
+    assert "list-" not in pushed, "nothing is inserted back"
+    await communicator.disconnect()

@@ -147,3 +147,19 @@ def test_a_template_agent_cannot_be_enabled_when_its_program_is_missing(client, 
 def test_the_ready_made_templates_exist_for_the_common_cli_agents():
     names = set(Agent.objects.filter(program__gt="").values_list("name", flat=True))
     assert {"aider", "claude-code", "codex", "cline"} <= names
+
+
+def test_paths_with_spaces_and_unicode_work_through_to_the_diff_view(client, make_repo, board_dirs, settings):
+    settings.WORKTREES_DIR = board_dirs / "work trees ü"
+    repo = make_repo("my répo with spaces")
+    project = Project.objects.create(name="unicode", repo_path=str(repo), base_branch="main")
+    agent = Agent.objects.create(name="writer", kind="command", command="mkdir -p 'docs ü' && echo grüße > 'docs ü/naïve file.txt'")
+    card = Card.create(project, "Ünïcode títle with spaces", "", agent)
+    run = card.start()
+    runner.execute(run.pk)
+    card.refresh_from_db()
+    assert card.current_run.state == RunState.SUCCEEDED, card.current_run.error
+    assert git(repo, "show", f"{card.branch}:docs ü/naïve file.txt") == "grüße\n"
+    page = client.get(f"/cards/{card.pk}/").content.decode()
+    assert "docs ü/naïve file.txt" in page, "names are shown as they are, not quoted or escaped"
+    assert "grüße" in page

@@ -57,6 +57,10 @@ class Command(BaseCommand):
         stale = Run.objects.interrupt_orphans(lambda host_, pid: False, reason="the board stopped while it ran")
         if stale:
             self.stdout.write(f"Marked {stale} run(s) left running by a previous board as interrupted.")
+        from agents.runner import sweep_worktrees
+
+        for path in sweep_worktrees():
+            self.stdout.write(f"Removed the worktree {path}, which no card owns.")
         env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1"}
         base = str(settings.BASE_DIR)
         # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the

@@ -30,6 +30,14 @@ class Command(BaseCommand):
         start.add_argument("id", type=int)
         start.add_argument("--wait", action="store_true", help="Wait for the run to end and print the card's JSON.")
         start.add_argument("--timeout", type=float, default=None, help="Seconds to wait at most (with --wait).")
+        stop = sub.add_parser("stop", help="Stop a card's run; prints the card's JSON when it has ended.")
+        stop.add_argument("id", type=int)
+        stop.add_argument("--timeout", type=float, default=30.0, help="Seconds to wait for the run to end.")
+        delete = sub.add_parser("delete", help="Stop a card's agent, remove its worktree and delete the card.")
+        delete.add_argument("id", type=int)
+        delete.add_argument(
+            "--delete-branch", action="store_true", help="Delete its branch even when it has commits not on the base."
+        )
         show = sub.add_parser("show", help="Show a card.")
         show.add_argument("id", type=int)
         show.add_argument("--json", action="store_true", help="One JSON object on one line.")
@@ -78,6 +86,30 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(data))
         if data["state"] != "succeeded":
             raise CommandError(f"Run {run.pk} ended {data['state']}: {data['error']}")
+
+    def do_stop(self, options):
+        card = self._card(options["id"])
+        try:
+            card.stop()
+        except BoardError as exc:
+            raise CommandError(str(exc)) from exc
+        deadline = time.monotonic() + options["timeout"]
+        while card.current_run.is_active and time.monotonic() < deadline:
+            time.sleep(0.3)
+            card.current_run.refresh_from_db()
+        self.stdout.write(json.dumps(self._card(card.pk).as_dict()))
+        if card.current_run.is_active:
+            raise CommandError(f"The run is still {card.current_run.state} after {options['timeout']:g} s.")
+
+    def do_delete(self, options):
+        from agents import runner, worktrees
+
+        card = self._card(options["id"])
+        try:
+            note = runner.delete_card(card, delete_branch=options["delete_branch"])
+        except (BoardError, worktrees.GitError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Card {options['id']} deleted. {note}")
 
     def do_show(self, options):
         data = self._card(options["id"]).as_dict()
