@@ -1,6 +1,7 @@
 """The runner end to end, on real throwaway repositories: a card's run from queued to its end."""
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -257,3 +258,77 @@ def test_a_repository_using_lfs_fails_clearly_where_git_lfs_is_missing(make_card
     run = start_and_run(make_card())
     assert run.state == RunState.FAILED
     assert "Git LFS" in run.error and "git-lfs is not installed" in run.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ten_cards_started_at_once_all_succeed_while_the_user_works_in_their_checkout(make_card, project):
+    import threading
+
+    from django.db import connection
+
+    repo = project.repo_path
+    cards = [make_card(f"echo {i} > out-{i}.txt", title=f"Parallel {i}") for i in range(10)]
+    runs = [card.start() for card in cards]
+    done = threading.Event()
+    user_errors = []
+
+    def user_at_work():
+        n = 0
+        while not done.is_set():
+            n += 1
+            try:
+                git(repo, "status", "--porcelain")
+                Path(repo, "notes.txt").write_text(f"note {n}\n")
+                git(repo, "add", "notes.txt")
+                git(repo, "commit", "-q", "-m", f"User's own commit {n}")
+            except AssertionError as exc:  # the user's git must keep working too
+                user_errors.append(str(exc))
+
+    def execute(run_id):
+        try:
+            runner.execute(run_id)
+        finally:
+            connection.close()
+
+    user = threading.Thread(target=user_at_work)
+    user.start()
+    workers = [threading.Thread(target=execute, args=(run.pk,)) for run in runs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    done.set()
+    user.join(30)
+    for run in runs:
+        run.refresh_from_db()
+    assert [r.state for r in runs] == [RunState.SUCCEEDED] * 10, [r.error for r in runs]
+    for i, card in enumerate(cards):
+        card.refresh_from_db()
+        assert git(repo, "show", f"{card.branch}:out-{i}.txt") == f"{i}\n"
+    assert git(repo, "worktree", "list").count("\n") == 11
+    agent_branches = {b for b in git(repo, "branch", "--format=%(refname:short)").split() if b.startswith("agent/")}
+    assert agent_branches == {c.branch for c in cards}, "no orphan branch"
+    assert user_errors == []
+
+
+def test_a_worktree_that_takes_too_long_to_create_fails_the_run_not_hangs_it(make_card, project, monkeypatch):
+    # A post-checkout hook that hangs stands for a checkout that never ends.
+    hook = Path(project.repo_path, ".git", "hooks", "post-checkout")
+    hook.write_text("#!/bin/sh\nsleep 30\n")
+    hook.chmod(0o755)
+    monkeypatch.setattr(worktrees, "COMMAND_TIMEOUT", 1.0)
+    started = time.monotonic()
+    run = start_and_run(make_card())
+    assert time.monotonic() - started < 20
+    assert run.state == RunState.FAILED
+    assert "did not finish within 1 seconds" in run.error
+    steps = list(run.events.filter(kind="step").values_list("text", flat=True))
+    assert steps and steps[0].startswith("Preparing worktree"), "progress is on the card"
+    # What the timeout left is the card's own and is taken up by the next run, not orphaned.
+    hook.unlink()
+    monkeypatch.setattr(worktrees, "COMMAND_TIMEOUT", 600.0)
+    card = Card.objects.get(pk=run.card_id)
+    again = start_and_run(card)
+    assert again.state == RunState.SUCCEEDED, again.error
+    agent_branches = [b for b in git(project.repo_path, "branch", "--format=%(refname:short)").split() if b.startswith("agent/")]
+    assert agent_branches == [card.branch]
