@@ -332,3 +332,15 @@ def test_a_worktree_that_takes_too_long_to_create_fails_the_run_not_hangs_it(mak
     assert again.state == RunState.SUCCEEDED, again.error
     agent_branches = [b for b in git(project.repo_path, "branch", "--format=%(refname:short)").split() if b.startswith("agent/")]
     assert agent_branches == [card.branch]
+
+
+def test_a_failing_pre_commit_hook_fails_the_run_with_the_hook_output(make_card, project):
+    hook = Path(project.repo_path, ".git", "hooks", "pre-commit")
+    hook.write_text("#!/bin/sh\necho 'lint: trailing whitespace in out.txt' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    card = make_card("echo 'x ' > out.txt")
+    run = start_and_run(card)
+    assert run.state == RunState.FAILED
+    assert "lint: trailing whitespace in out.txt" in run.error
+    assert Path(card.worktree_path, "out.txt").exists(), "the work stays in the worktree"
+    assert git(project.repo_path, "rev-list", "--count", f"main..{card.branch}").strip() == "0", "never bypassed"
