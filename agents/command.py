@@ -19,6 +19,7 @@ FLUSH_INTERVAL = 0.25  # seconds between output pushes: a few updates a second p
 FLUSH_LINES = 200  # or sooner, when this many lines are waiting
 LINE_LIMIT = 4000  # characters kept of one output line
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of the process group
+EXIT_GRACE = 1.0  # seconds to keep reading after the command ended, for output still in the pipe
 
 
 @dataclass
@@ -81,8 +82,10 @@ def run_command(
     stdout and stderr are merged and sent to ``emit("log", text)`` line by line, several lines per
     call at most every FLUSH_INTERVAL seconds. stdin is closed. The command runs in its own process
     group (``start_new_session``), which is killed whole when ``timeout`` seconds pass or
-    ``should_stop()`` turns true. Never raises for the command's own failures: a missing program or
-    a non-zero exit status is a failed result with the reason.
+    ``should_stop()`` turns true. The command is over when its own process ends: what it left
+    running in its group is then killed, and output of anything that escaped the group is read
+    for EXIT_GRACE seconds more, then left. Never raises for the command's own failures: a missing
+    program or a non-zero exit status is a failed result with the reason.
     """
     try:
         proc = spawn(command, cwd, env)
@@ -104,7 +107,8 @@ def run_command(
     last_flush = time.monotonic()
     reason = ""
     eof = False
-    killed_at: float | None = None
+    killed = False
+    exited_at: float | None = None
     while not eof:
         try:
             line = lines.get(timeout=0.1)
@@ -124,19 +128,22 @@ def run_command(
             last_flush = now
         if eof:
             break
-        if killed_at is None and now > deadline:
+        if proc.poll() is not None:
+            # The command has ended. Whatever still holds its output open is something it left
+            # running in the background: read what is there, then stop waiting for it.
+            exited_at = exited_at or now
+            if now - exited_at > EXIT_GRACE and lines.empty():
+                if pending:
+                    emit("log", "\n".join(pending))
+                break
+        elif not killed and now > deadline:
             reason = f"the command did not end within {timeout:g} s and was killed"
             kill_group(proc)
-            killed_at = time.monotonic()
-        elif killed_at is None and should_stop():
+            killed = True
+        elif not killed and should_stop():
             reason = "stopped"
             kill_group(proc)
-            killed_at = time.monotonic()
-        elif killed_at is not None and now - killed_at > 2 * KILL_GRACE:
-            # Something outside the group still holds the pipe open: stop waiting for its end.
-            if pending:
-                emit("log", "\n".join(pending))
-            break
+            killed = True
     code = proc.wait()
     # Whatever the command left running in its group goes with it.
     kill_group(proc, grace=0)
@@ -148,3 +155,35 @@ def run_command(
         detail = f": {last_line}" if last_line else ""
         return CommandResult("failed", last_line, f"the command exited with status {code}{detail}", code)
     return CommandResult("succeeded", last_line, "", code)
+
+
+MARK_VARIABLE = "BOARD_RUN_MARK"
+
+
+def kill_marked(mark: str, grace: float = KILL_GRACE) -> int:
+    """End every process of this user whose environment has ``BOARD_RUN_MARK=<mark>``: the
+    agent's processes, including those that left its process group (``setsid``, daemons) or were
+    orphaned when their worker died, since children inherit the environment. SIGTERM, then
+    SIGKILL after ``grace`` seconds. Returns how many were found."""
+    import psutil
+
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != me and proc.environ().get(MARK_VARIABLE) == mark:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    for proc in found:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(found)

@@ -7,6 +7,7 @@ failed with a reason on the card: nothing stays "running".
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 
 from agents import worktrees
-from agents.command import run_command
+from agents.command import MARK_VARIABLE, kill_marked, run_command
 from board.models import Agent, BoardError, Card, Project, Run, RunState
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ def execute(run_id: int) -> str | None:
     except Exception as exc:  # the card must never stay "running" because of a bug of ours
         log.exception("run %s crashed", run_id)
         outcome = Outcome(RunState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+    finally:
+        # Nothing an agent started outlives its run, not even what left its process group.
+        kill_marked(run_mark(run.pk))
     commits = _branch_commits(run)
     run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
     return outcome.state
@@ -76,6 +80,14 @@ class _StopFlag:
         return self.stop
 
 
+def run_mark(run_id: int) -> str:
+    """The value of BOARD_RUN_MARK in the environment of every process of run ``run_id``: the
+    data folder's name and the run id, so that two boards on one machine never touch each
+    other's processes."""
+    folder = hashlib.sha1(str(settings.DATA_DIR).encode()).hexdigest()[:12]
+    return f"{folder}:{run_id}"
+
+
 def _identity() -> worktrees.Identity:
     return worktrees.Identity(settings.BOARD_GIT_NAME, settings.BOARD_GIT_EMAIL)
 
@@ -85,11 +97,16 @@ def _trailers(run: Run) -> dict[str, str]:
 
 
 def _branch_commits(run: Run) -> list[str] | None:
+    """The branch's commits since its base, oldest first; None when there is no worktree yet.
+    A run cut off before it recorded its base commit uses the card's last recorded one."""
     card = run.card
-    if not (run.base_commit and card.worktree_path and os.path.isdir(card.worktree_path)):
+    base = run.base_commit or (
+        Run.objects.filter(card_id=card.pk).exclude(base_commit="").order_by("-id").values_list("base_commit", flat=True).first()
+    )
+    if not (base and card.worktree_path and os.path.isdir(card.worktree_path)):
         return None
     try:
-        return [c.sha for c in worktrees.new_commits(card.worktree_path, run.base_commit)]
+        return [c.sha for c in worktrees.new_commits(card.worktree_path, base)]
     except worktrees.GitError:
         return None
 
@@ -174,6 +191,7 @@ def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
         CARD_PROMPT_FILE=str(prompt_file),
         CARD_BRANCH=card.branch,
         RUN_ID=str(run.pk),
+        **{MARK_VARIABLE: run_mark(run.pk)},
     )
     env.update(_identity().env())
     return env
@@ -227,7 +245,7 @@ def _run_builtin_agent(run: Run, worktree: str) -> Outcome:
         Run.objects.filter(pk=run.pk).update(agent_state=new_state)
 
     env = agent_environment(run, _prompt_file(run))
-    extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_"))}
+    extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_", MARK_VARIABLE))}
     result = builtin.run(
         state, Path(worktree), config, emit=run.emit, checkpoint=checkpoint, save_state=save_state,
         should_stop=_StopFlag(run.pk), extra_env=extra_env,
@@ -298,3 +316,24 @@ def sweep_worktrees() -> list[str]:
         except worktrees.GitError:
             log.exception("could not sweep the worktrees of project %s", project.pk)
     return removed
+
+
+def interrupt_orphans(is_alive, reason: str) -> int:
+    """Mark interrupted every running run whose worker is gone (``is_alive(host, pid)`` says),
+    end whatever processes it left, and keep its work: uncommitted changes in its worktree are
+    committed on its branch as a recovery checkpoint (a failing hook leaves them in place, and
+    the card says so). Returns how many runs were interrupted."""
+    runs = Run.objects.interrupt_orphans(is_alive, reason)
+    for run in runs:
+        kill_marked(run_mark(run.pk))
+        card = run.card
+        try:
+            if card.worktree_path and os.path.isdir(card.worktree_path) and worktrees.has_changes(card.worktree_path):
+                message = f"Recovery checkpoint: run {run.pk} of card #{card.pk} was interrupted"
+                sha = worktrees.commit_all(card.worktree_path, message, _identity(), _trailers(run))
+                if sha:
+                    run.emit("checkpoint", message, {"sha": sha})
+                    Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
+        except worktrees.GitError as exc:
+            run.emit("log", f"Could not commit the interrupted run's work, which stays in the worktree: {exc}")
+    return len(runs)

@@ -13,6 +13,9 @@ from board.views import LOG_KINDS, board_context, card_context
 
 # Event kinds that change what a card shows on the board or in its detail.
 BOARD_KINDS = {"card", "state", "step", "log", "checkpoint"}
+# Characters of new output one push may carry to a card page; a flood beyond it shows its tail
+# and says how much it left out (the page's log after a reload has it all).
+LIVE_PUSH_CHARS = 200_000
 
 
 
@@ -40,17 +43,19 @@ class BoardConsumer(AsyncWebsocketConsumer):
         return render_to_string("board/board.html#columns", board_context(project, oob=True))
 
     @database_sync_to_async
-    def _render_card(self, event: dict) -> str:
-        card = Card.objects.select_related("agent", "current_run").filter(pk=event["card_id"]).first()
+    def _render_card(self, card_id: int, events: list[dict]) -> str:
+        card = Card.objects.select_related("agent", "current_run").filter(pk=card_id).first()
         if card is None:  # deleted
-            return f'<div id="card-{event["card_id"]}" hx-swap-oob="delete"></div>'
-        data = event.get("data") or {}
-        moved = event["kind"] == "card" and data.get("to") and data.get("from") != data.get("to")
-        return render_to_string("board/board.html#card-push", {"card": card, "moved": moved, "created": data.get("from") is None})
+            return f'<div id="card-{card_id}" hx-swap-oob="delete"></div>'
+        moves = [e["data"] for e in events if e["kind"] == "card" and e["data"].get("to")]
+        created = any(m.get("from") is None for m in moves)
+        moved = any(m.get("from") != m.get("to") for m in moves)
+        return render_to_string("board/board.html#card-push", {"card": card, "moved": moved, "created": created})
 
-    async def board_event(self, event):
-        if event["kind"] in BOARD_KINDS:
-            await self.send(text_data=await self._render_card(event))
+    async def board_events(self, message):
+        """All of one card's new events since the relay's last look: the card rendered once."""
+        if any(e["kind"] in BOARD_KINDS for e in message["events"]):
+            await self.send(text_data=await self._render_card(message["card_id"], message["events"]))
 
 
 class CardConsumer(AsyncWebsocketConsumer):
@@ -87,19 +92,38 @@ class CardConsumer(AsyncWebsocketConsumer):
             self.seq = context["events"][-1].seq if context["events"] else 0
         return "".join(render_to_string(f"board/card_detail.html#{p}", context) for p in parts)
 
-    async def board_event(self, event):
-        kind = event["kind"]
+    async def board_events(self, message):
+        """All of the card's new events since the relay's last look, in one push: new log lines
+        appended (a new run gets its log afresh), the header once, commits and diff when a run
+        ended or checkpointed."""
+        events = message["events"]
         html = ""
-        if kind in LOG_KINDS and event["seq"] > 0:
-            if event["run_id"] != self.run_id:
-                html += await self._render(["log"])
-            elif event["seq"] > self.seq:
-                self.seq = event["seq"]
-                html += render_to_string("board/card_detail.html#log-push", {"event": event})
-        if kind in ("state", "card", "checkpoint", "step"):
+        lines = [e for e in events if e["kind"] in LOG_KINDS and e["seq"] > 0]
+        if any(e["run_id"] != self.run_id for e in lines):
+            html += await self._render(["log"])
+        else:
+            fresh = [e for e in lines if e["seq"] > self.seq]
+            if fresh:
+                self.seq = fresh[-1]["seq"]
+                shown, skipped = _tail_within(fresh, LIVE_PUSH_CHARS)
+                html += render_to_string("board/card_detail.html#log-push", {"events": shown, "skipped": skipped})
+        kinds = {e["kind"] for e in events}
+        if kinds & {"state", "card", "checkpoint", "step"}:
             parts = ["header"]
-            if kind == "checkpoint" or (kind == "state" and event["text"] not in ("queued", "running")):
+            ended = any(e["kind"] == "state" and e["text"] not in ("queued", "running") for e in events)
+            if "checkpoint" in kinds or ended:
                 parts += ["commits", "diff"]
             html += await self._render(parts)
         if html:
             await self.send(text_data=html)
+
+
+def _tail_within(events: list[dict], limit: int) -> tuple[list[dict], int]:
+    """The last events whose texts fit in ``limit`` characters, and how many were left out."""
+    total, keep = 0, 0
+    for event in reversed(events):
+        total += len(event["text"]) + 1
+        if total > limit and keep:
+            break
+        keep += 1
+    return events[len(events) - keep:], len(events) - keep

@@ -142,8 +142,6 @@ class Card(models.Model):
         The task is enqueued only after the transaction commits, with the run's id, so a worker never
         sees a run that is not stored. Raises BoardError when the card is already running, is done,
         or has no enabled agent."""
-        from django_q.tasks import async_task
-
         with transaction.atomic():
             card = Card.objects.select_related("agent").get(pk=self.pk)
             if card.runs.filter(state__in=ACTIVE_STATES).exists():
@@ -159,7 +157,7 @@ class Card(models.Model):
             card.save(update_fields=["current_run", "updated_at"])
             card.move_to(Column.IN_PROGRESS)
             run.emit("state", "queued")
-            transaction.on_commit(lambda: async_task("agents.tasks.execute_run", run.pk, task_name=f"run-{run.pk}"))
+            transaction.on_commit(run.enqueue)
         self.refresh_from_db()
         return run
 
@@ -211,19 +209,20 @@ class RunQuerySet(models.QuerySet):
     def active(self):
         return self.filter(state__in=ACTIVE_STATES)
 
-    def interrupt_orphans(self, is_alive, reason: str) -> int:
+    def interrupt_orphans(self, is_alive, reason: str) -> list[Run]:
         """Mark interrupted every running run whose worker is gone, so no card shows "running"
         with nothing behind it. ``is_alive(host, pid) -> bool`` is the caller's test (the domain
-        knows no processes). Returns how many runs were marked."""
-        count = 0
+        knows no processes). Returns the runs marked."""
+        marked = []
         for run in self.filter(state=RunState.RUNNING).select_related("card"):
             if is_alive(run.worker_host, run.worker_pid):
                 continue
-            # Re-check under the write so a run that just ended is not overwritten.
-            if Run.objects.filter(pk=run.pk, state=RunState.RUNNING).exists():
-                run.finish(RunState.INTERRUPTED, error=f"Interrupted: {reason}. Its work so far is kept in the worktree.")
-                count += 1
-        return count
+            with transaction.atomic():
+                # Re-checked inside the write, so a run that has just ended keeps its real end.
+                if Run.objects.filter(pk=run.pk, state=RunState.RUNNING).exists():
+                    run.finish(RunState.INTERRUPTED, error=f"{reason[:1].upper()}{reason[1:]}. Its work so far is kept.")
+                    marked.append(run)
+        return marked
 
 
 class Run(models.Model):
@@ -271,6 +270,13 @@ class Run(models.Model):
         run = cls.objects.select_related("card__project", "agent").get(pk=run_id)
         run.emit("state", "running")
         return run
+
+    def enqueue(self) -> None:
+        """Hand the run to the workers (a django-q2 task taking its id). Safe to repeat: the first
+        worker to claim the run runs it, and later deliveries find it taken and do nothing."""
+        from django_q.tasks import async_task
+
+        async_task("agents.tasks.execute_run", self.pk, task_name=f"run-{self.pk}")
 
     def request_stop(self) -> None:
         """Ask the run to stop. A queued run ends ``stopped`` at once; a running one is stopped by

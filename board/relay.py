@@ -2,7 +2,8 @@
 
 Workers only write event rows; the in-memory channel layer does not cross processes. So each web
 process runs one relay task that reads rows newer than the last it saw, by id, a few times a second
-(BOARD_RELAY_INTERVAL), and publishes them to the channel-layer groups of their project and card. The
+(BOARD_RELAY_INTERVAL), and publishes them, one message per card per look, to the channel-layer
+groups of their project and card. The
 table stays the truth: a consumer that connects renders from it, and the relay only rings.
 """
 
@@ -78,10 +79,17 @@ async def _relay(ready: asyncio.Event) -> None:
             log.exception("relay could not read events")
             await asyncio.sleep(1)
             continue
+        if rows:
+            last_id = rows[-1]["id"]
+        # One message per card per look, holding all its new rows: a run that prints a flood
+        # then costs each browser one push per card a few times a second, and the channel layer's
+        # per-channel capacity (where messages are dropped silently) is never approached.
+        by_card: dict[int, list[dict]] = {}
         for row in rows:
-            last_id = row["id"]
-            message = {"type": "board.event", **row}
-            await layer.group_send(project_group(row["project_id"]), message)
-            await layer.group_send(card_group(row["card_id"]), message)
+            by_card.setdefault(row["card_id"], []).append(row)
+        for card_id, events in by_card.items():
+            message = {"type": "board.events", "card_id": card_id, "project_id": events[0]["project_id"], "events": events}
+            await layer.group_send(project_group(message["project_id"]), message)
+            await layer.group_send(card_group(card_id), message)
         if len(rows) < BATCH:
             await asyncio.sleep(settings.BOARD_RELAY_INTERVAL)

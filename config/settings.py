@@ -117,7 +117,9 @@ CACHES = {
 
 # The in-memory layer does not cross processes: in the embedded mode the web process relays new
 # event rows from the database (board/relay.py), so workers need no channel layer at all.
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The relay sends one message per card per look; the capacity (messages a channel holds before
+# new ones are dropped) leaves room for hundreds of busy cards on one open board.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000}}}
 
 BOARD_HOST = env.str("BOARD_HOST", default="127.0.0.1")
 BOARD_PORT = env.int("BOARD_PORT", default=8300)

@@ -42,49 +42,86 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_board(env, port, log_path):
+    board = subprocess.Popen(
+        [sys.executable, "manage.py", "board", "--port", str(port)], cwd=settings.BASE_DIR, env=env,
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_for(
+        lambda: f"Board running at http://127.0.0.1:{port}/" in log_path.read_text() or board.poll() is not None,
+        90, "the board",
+    )
+    assert board.poll() is None, log_path.read_text()
+    return board
+
+
+def stop_board(board, log_path) -> list:
+    """Ctrl-C the board; returns its process tree as it was, for checking that none is left."""
+    tree = [psutil.Process(board.pid), *psutil.Process(board.pid).children(recursive=True)]
+    board.send_signal(signal.SIGINT)
+    try:
+        board.wait(timeout=30)
+    finally:
+        if board.poll() is None:
+            os.killpg(board.pid, signal.SIGKILL)
+    assert board.returncode == 0, log_path.read_text()
+    return tree
+
+
 def test_the_board_caps_parallel_runs_and_ctrl_c_leaves_no_process(make_repo, tmp_path):
     repo = make_repo()
     port = free_port()
     marker = f"board-test-{os.getpid()}-{time.monotonic_ns()}"
-    env = {**os.environ, "BOARD_DATA_DIR": str(tmp_path / "data"), "BOARD_WORKERS": "2", "BOARD_RELAY_INTERVAL": "0.1"}
-    log = open(tmp_path / "board.log", "w")
-    board = subprocess.Popen(
-        [sys.executable, "manage.py", "board", "--port", str(port)], cwd=settings.BASE_DIR, env=env,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    data = tmp_path / "data"
+    env = {**os.environ, "BOARD_DATA_DIR": str(data), "BOARD_WORKERS": "2", "BOARD_RELAY_INTERVAL": "0.1"}
+    log_path = tmp_path / "board.log"
+    board = start_board(env, port, log_path)
     try:
-        wait_for(lambda: f"Board running at http://127.0.0.1:{port}/" in (tmp_path / "board.log").read_text(), 90, "the board")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as response:
             assert response.status == 200
+        # A second board on the same data folder, or on a port in use, is refused clearly.
+        second = subprocess.run(
+            [sys.executable, "manage.py", "board", "--port", str(free_port())], cwd=settings.BASE_DIR, env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode != 0 and "already running on the data folder" in second.stderr
+        same_port = subprocess.run(
+            [sys.executable, "manage.py", "board", "--port", str(port)], cwd=settings.BASE_DIR,
+            env={**env, "BOARD_DATA_DIR": str(tmp_path / "other")}, capture_output=True, text=True, timeout=60,
+        )
+        assert same_port.returncode != 0 and f"Cannot listen on 127.0.0.1:{port}" in same_port.stderr
         project = manage(env, "project", "add", str(repo)).strip().splitlines()[-1]
         # exec -a names the sleeping process, so that it can be found after the board stops.
-        manage(env, "agent", "add", "sleeper", "--command", f"echo started; exec -a {marker} sleep 300")
+        manage(env, "agent", "add", "sleeper", "--command", f"echo started > wip.txt; exec -a {marker} sleep 300")
         cards = [
             manage(env, "card", "add", "--project", project, "--title", f"Task {i}", "--agent", "sleeper").strip().splitlines()[-1]
             for i in range(3)
         ]
         for card in cards:
             manage(env, "card", "start", card)
-        data = tmp_path / "data"
         wait_for(lambda: run_states(data).count("running") == 2, 60, "two running cards")
         time.sleep(2)  # the third stays queued while both workers are busy
         assert run_states(data) == ["queued", "running", "running"]
-        tree = [psutil.Process(board.pid), *psutil.Process(board.pid).children(recursive=True)]
-        assert sum(marker in " ".join(p.cmdline()) for p in tree if p.is_running()) == 2
-        board.send_signal(signal.SIGINT)
-        board.wait(timeout=30)
+        wait_for(lambda: len([p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]) == 2, 30, "two agents")
     finally:
-        if board.poll() is None:
-            os.killpg(board.pid, signal.SIGKILL)
-        log.close()
-    output = (tmp_path / "board.log").read_text()
-    assert board.returncode == 0, output
+        tree = stop_board(board, log_path)
+    output = log_path.read_text()
     assert "Board stopped. 2 run(s) interrupted." in output
     left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], output
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-    states = sorted(card_state(env, c)["state"] for c in cards)
-    assert states == ["interrupted", "interrupted", "queued"]
-    interrupted = [card_state(env, c) for c in cards if card_state(env, c)["state"] == "interrupted"]
-    assert all("board was stopped" in c["error"] for c in interrupted)
-    assert all(git(repo, "rev-parse", "--verify", c["branch"]) for c in interrupted)
+    states = {c: card_state(env, c) for c in cards}
+    assert sorted(s["state"] for s in states.values()) == ["interrupted", "interrupted", "queued"]
+    interrupted = [s for s in states.values() if s["state"] == "interrupted"]
+    assert all("board was stopped" in s["error"] for s in interrupted)
+    # Their work so far is committed on their branches as a recovery checkpoint.
+    assert all(git(repo, "show", f"{s['branch']}:wip.txt") == "started\n" for s in interrupted)
+
+    # Started again, the board hands the queued card to its workers at once.
+    board = start_board(env, port, log_path)
+    try:
+        queued = next(c for c, s in states.items() if s["state"] == "queued")
+        wait_for(lambda: card_state(env, queued)["state"] == "running", 60, "the queued card to run")
+    finally:
+        stop_board(board, log_path)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]

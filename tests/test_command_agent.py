@@ -66,3 +66,30 @@ def test_should_stop_ends_the_command_as_stopped(tmp_path):
     deadline = time.monotonic() + 1
     result = run_command("sleep 60", str(tmp_path), dict(os.environ), emit, 60, should_stop=lambda: time.monotonic() > deadline)
     assert result.state == "stopped"
+
+
+def test_a_command_that_leaves_a_background_child_ends_when_it_ends(tmp_path):
+    calls, emit = collect()
+    marker = f"bg-{os.getpid()}-{time.monotonic_ns()}"
+    started = time.monotonic()
+    # The child keeps the output pipe open; the command itself is done at once.
+    result = run_command(f"bash -c 'exec -a {marker} sleep 60' & echo bye", str(tmp_path), dict(os.environ), emit, timeout=30)
+    assert result.state == "succeeded", result.error
+    assert time.monotonic() - started < 5
+    assert "bye" in "".join(text for _, text in calls)
+    time.sleep(0.3)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_child_that_escaped_the_group_does_not_hold_the_run(tmp_path):
+    _, emit = collect()
+    marker = f"escaped-{os.getpid()}-{time.monotonic_ns()}"
+    started = time.monotonic()
+    result = run_command(f"setsid bash -c 'exec -a {marker} sleep 60' & echo launched", str(tmp_path), dict(os.environ), emit, 30)
+    try:
+        assert result.state == "succeeded"
+        assert time.monotonic() - started < 5
+    finally:
+        for p in psutil.process_iter(["cmdline"]):
+            if marker in " ".join(p.info["cmdline"] or []):
+                p.kill()

@@ -1,5 +1,6 @@
 """The runner end to end, on real throwaway repositories: a card's run from queued to its end."""
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -137,14 +138,28 @@ def test_starting_a_running_card_is_refused(make_card):
         card.start()
 
 
-def test_orphaned_runs_are_marked_interrupted(make_card):
-    card = make_card()
+def test_an_orphaned_run_is_interrupted_its_processes_ended_and_its_work_committed(make_card, project):
+    import subprocess
+
+    card = make_card("echo first > first.txt")
+    start_and_run(card)
     run = card.start()
+    # As if a worker had claimed it, made changes and died, leaving its agent running.
     Run.objects.filter(pk=run.pk).update(state=RunState.RUNNING, worker_host="h", worker_pid=1)
-    assert Run.objects.interrupt_orphans(lambda host, pid: False, reason="test") == 1
+    Path(card.worktree_path, "half-done.txt").write_text("work in progress\n")
+    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, "BOARD_RUN_MARK": runner.run_mark(run.pk)}, start_new_session=True)
+    try:
+        assert runner.interrupt_orphans(lambda host, pid: False, reason="its worker process died") == 1
+        assert orphan.wait(timeout=10) is not None
+    finally:
+        orphan.kill()
     run.refresh_from_db()
-    assert run.state == RunState.INTERRUPTED and "test" in run.error
+    assert run.state == RunState.INTERRUPTED
+    assert run.error == "Its worker process died. Its work so far is kept."
     assert Event.objects.filter(run=run, kind="state", text="interrupted").exists()
+    assert git(project.repo_path, "show", f"{card.branch}:half-done.txt") == "work in progress\n"
+    assert "Recovery checkpoint" in git(project.repo_path, "log", "-1", "--format=%s", card.branch)
+    assert len(run.commits) == 2
 
 
 # The built-in agent, through litellm's real HTTP path to a scripted local server.

@@ -33,5 +33,15 @@
   }
   document.addEventListener("htmx:wsOpen", function () { wsStatus("live", "ok"); });
   document.addEventListener("htmx:wsClose", function () { wsStatus("reconnecting…", "warn"); });
+  // A card pushed into a column moves there: the copy already on the page (in its old column, or
+  // added by this tab's own form) goes first, so a card is never shown twice.
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var target = e.detail.target, fragment = e.detail.fragment;
+    if (!target || !fragment || !fragment.children || target.id.indexOf("list-") !== 0) return;
+    Array.prototype.forEach.call(fragment.children, function (child) {
+      var old = child.id && document.getElementById(child.id);
+      if (old) old.remove();
+    });
+  });
   setInterval(tick, 1000);
 })();

@@ -1,3 +1,4 @@
+import fcntl
 import os
 import signal
 import socket
@@ -10,7 +11,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from board.models import Run
+from agents import runner
+from board.models import Run, RunState
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of what is left at shutdown
 RECONCILE_EVERY = 5.0  # seconds between checks for runs whose worker died
@@ -52,15 +54,19 @@ class Command(BaseCommand):
                 f"Warning: listening on {host}. The board has no login yet: anyone who can reach this address "
                 "can start agents on your repositories. Add the names people use to DJANGO_ALLOWED_HOSTS."
             )
+        self._lock = self._take_data_folder()
+        self._check_port_free(host, port)
         call_command("migrate", interactive=False, verbosity=0)
-        # Nothing of ours runs yet, so a run still marked running has lost its process.
-        stale = Run.objects.interrupt_orphans(lambda host_, pid: False, reason="the board stopped while it ran")
+        # Nothing of ours runs yet, so a run still marked running here has lost its process.
+        stale = runner.interrupt_orphans(lambda host_, pid: host_ != socket.gethostname(), reason="the board stopped while it ran")
         if stale:
             self.stdout.write(f"Marked {stale} run(s) left running by a previous board as interrupted.")
-        from agents.runner import sweep_worktrees
-
-        for path in sweep_worktrees():
+        for path in runner.sweep_worktrees():
             self.stdout.write(f"Removed the worktree {path}, which no card owns.")
+        # A task the previous board's workers had taken but not run would wait for its retry
+        # (hours); handing queued runs out again is safe, since a run is claimed once.
+        for run in Run.objects.filter(state=RunState.QUEUED):
+            run.enqueue()
         env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1"}
         base = str(settings.BASE_DIR)
         # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the
@@ -95,11 +101,39 @@ class Command(BaseCommand):
                     break
                 if time.monotonic() - last_check > RECONCILE_EVERY:
                     last_check = time.monotonic()
-                    Run.objects.interrupt_orphans(worker_alive, reason="its worker process died")
+                    runner.interrupt_orphans(worker_alive, reason="its worker process died")
         finally:
             self._stop_all()
         if code:
             sys.exit(code)
+
+    def _take_data_folder(self):
+        """Hold an exclusive lock on the data folder for as long as this board runs: a second
+        board on the same folder would mark this one's runs interrupted and race its workers."""
+        path = settings.DATA_DIR / "board.lock"
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            raise CommandError(
+                f"A board is already running on the data folder {settings.DATA_DIR} "
+                f"(process {handle.read().strip() or 'unknown'}). Stop it first, or set BOARD_DATA_DIR to another folder."
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def _check_port_free(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise CommandError(f"Cannot listen on {host}:{port}: {exc.strerror}. Choose another port with --port.")
 
     def _on_signal(self, signum, frame):
         self.stopping = True
@@ -132,5 +166,5 @@ class Command(BaseCommand):
         psutil.wait_procs(alive, timeout=STOP_GRACE)
         for child in self.children:
             child.poll()
-        stopped = Run.objects.interrupt_orphans(worker_alive, reason="the board was stopped while it ran")
+        stopped = runner.interrupt_orphans(worker_alive, reason="the board was stopped while it ran")
         self.stdout.write("Board stopped." + (f" {stopped} run(s) interrupted." if stopped else ""))
