@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Variables of the board's own that an agent's commands have no business seeing.
 BOARD_SECRETS = ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "BOARD_DB_PATH")
+ENV_VALUE_LIMIT = 100_000  # bytes of one environment variable we pass (Linux: MAX_ARG_STRLEN, 128 KiB)
 SETUP_TAIL_LINES = 30  # lines of a failed setup command's output kept in the run's reason
 
 
@@ -187,7 +188,8 @@ def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
     env.update(
         CARD_ID=str(card.pk),
         CARD_TITLE=card.title,
-        CARD_PROMPT=card.prompt,
+        # Linux caps one variable at 128 KiB; a longer prompt is whole in CARD_PROMPT_FILE only.
+        CARD_PROMPT=card.prompt if len(card.prompt.encode()) < ENV_VALUE_LIMIT else card.prompt[: ENV_VALUE_LIMIT // 4] + "\n[… cut: the whole description is in CARD_PROMPT_FILE]",
         CARD_PROMPT_FILE=str(prompt_file),
         CARD_BRANCH=card.branch,
         RUN_ID=str(run.pk),

@@ -127,3 +127,10 @@ def _tail_within(events: list[dict], limit: int) -> tuple[list[dict], int]:
             break
         keep += 1
     return events[len(events) - keep:], len(events) - keep
+
+
+class RefusingConsumer(AsyncWebsocketConsumer):
+    """Closes websockets to paths the board does not serve."""
+
+    async def connect(self):
+        await self.close(code=4404)

@@ -11,6 +11,13 @@ from agents import worktrees
 from board.models import Agent, Project
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (escape sequences, bells, NULs) dropped and runs of
+    whitespace made one space: titles and names end up in commit subjects and terminals."""
+    return " ".join("".join(ch if ch.isprintable() or ch.isspace() else "" for ch in text).split())
 
 
 class ProjectForm(forms.ModelForm):
@@ -52,7 +59,12 @@ class ProjectForm(forms.ModelForm):
             return data
         base = (data.get("base_branch") or "").strip() or info.current_branch
         if not base:
-            self.add_error("base_branch", "The repository has no branch checked out (detached HEAD): name the base branch.")
+            try:
+                worktrees.resolve_base(info.path, "")
+            except worktrees.EmptyRepository as exc:
+                self.add_error("repo_path", str(exc))
+            except worktrees.GitError:
+                self.add_error("base_branch", "The repository has no branch checked out (detached HEAD): name the base branch.")
             return data
         try:
             worktrees.resolve_base(info.path, base)
@@ -60,6 +72,10 @@ class ProjectForm(forms.ModelForm):
             self.add_error("base_branch", str(exc))
             return data
         data["base_branch"] = base
+        same = Project.objects.filter(repo_path=info.path, base_branch=base).first()
+        if same is not None:
+            self.add_error("repo_path", f"This repository is already the project '{same.name}' with base {base}.")
+            return data
         data["name"] = (data.get("name") or "").strip() or os.path.basename(info.path.rstrip("/")) or info.path
         return data
 
@@ -75,7 +91,7 @@ class AgentForm(forms.ModelForm):
         widgets = {"command": forms.Textarea(attrs={"rows": 2})}
 
     def clean_name(self):
-        name = self.cleaned_data["name"].strip()
+        name = printable(self.cleaned_data["name"])
         if not name:
             raise forms.ValidationError("Give the agent a name.")
         return name
@@ -108,7 +124,13 @@ class CardForm(forms.Form):
     """Create a card: a title, the prompt for the agent and an enabled agent."""
 
     title = forms.CharField(max_length=300, error_messages={"required": "Give the card a title."})
-    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, label="Description (prompt)")
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        label="Description (prompt)",
+        max_length=PROMPT_LIMIT,
+        error_messages={"max_length": f"Keep the description under {PROMPT_LIMIT:,} characters; point the agent at files for the rest."},
+    )
     agent = forms.ModelChoiceField(
         queryset=Agent.objects.filter(enabled=True),
         empty_label=None,
@@ -117,7 +139,7 @@ class CardForm(forms.Form):
     )
 
     def clean_title(self):
-        title = " ".join(self.cleaned_data["title"].split())
+        title = printable(self.cleaned_data["title"])
         if not title:
             raise forms.ValidationError("Give the card a title.")
         return title

@@ -92,6 +92,21 @@ class Agent(models.Model):
         return self.name
 
     @property
+    def installed(self) -> bool:
+        """Whether the program a ready-made template needs is on the PATH (True for others)."""
+        import shutil
+
+        return not self.program or shutil.which(self.program) is not None
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Enable or disable the agent; raises BoardError when enabling a template whose program
+        is not installed on this machine."""
+        if enabled and not self.installed:
+            raise BoardError(f"'{self.program}' is not installed on this machine, so '{self.name}' cannot be enabled.")
+        self.enabled = enabled
+        self.save(update_fields=["enabled"])
+
+    @property
     def describe(self) -> str:
         """One line for lists: the command, or the model and where it is served."""
         if self.kind == self.Kind.COMMAND:

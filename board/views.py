@@ -4,7 +4,6 @@ redirects; none runs an agent (DESIGN.md, "Style")."""
 from __future__ import annotations
 
 import os
-import shutil
 
 from django.contrib import messages
 from django.db.models import Count
@@ -53,7 +52,9 @@ def board_context(project: Project, oob: bool = False) -> dict:
 def board(request, project_id):
     project = get_object_or_404(Project, pk=project_id)
     context = board_context(project)
-    context.update(projects=Project.objects.all(), form=CardForm(), has_agents=Agent.objects.filter(enabled=True).exists())
+    # The agent of the project's latest card is the likely next choice, not the first by name.
+    last = project.cards.filter(agent__enabled=True).order_by("-id").values_list("agent__name", flat=True).first()
+    context.update(projects=Project.objects.all(), form=CardForm(initial={"agent": last}))
     return render(request, "board/board.html", context)
 
 
@@ -66,7 +67,8 @@ def card_create(request, project_id):
     card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"])
     if request.htmx:
         # The new card goes into the Backlog at once; the push that follows replaces it by id.
-        html = render_to_string("board/board.html#card-form", {"project": project, "form": CardForm()}, request)
+        form = CardForm(initial={"agent": card.agent.name})
+        html = render_to_string("board/board.html#card-form", {"project": project, "form": form}, request)
         html += render_to_string("board/board.html#card-push", {"card": card, "moved": True, "created": True}, request)
         return HttpResponse(html)
     return redirect("board", project_id=project.pk)
@@ -183,17 +185,16 @@ def agents(request):
         agent = form.save()
         messages.success(request, f"Agent '{agent.name}' added.")
         return redirect("agents")
-    rows = [(a, not a.program or shutil.which(a.program) is not None) for a in Agent.objects.all()]
+    rows = [(a, a.installed) for a in Agent.objects.all()]
     return render(request, "board/agents.html", {"rows": rows, "form": form}, status=422 if form.errors else 200)
 
 
 @require_POST
 def agent_toggle(request, agent_id):
     agent = get_object_or_404(Agent, pk=agent_id)
-    if not agent.enabled and agent.program and shutil.which(agent.program) is None:
-        messages.error(request, f"'{agent.program}' is not installed on this machine, so '{agent.name}' cannot be enabled.")
-    else:
-        agent.enabled = not agent.enabled
-        agent.save(update_fields=["enabled"])
+    try:
+        agent.set_enabled(not agent.enabled)
+    except BoardError as exc:
+        messages.error(request, str(exc))
     return redirect("agents")
 

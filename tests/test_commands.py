@@ -127,3 +127,10 @@ def test_project_add_takes_files_to_copy_and_a_setup_command(make_repo):
     project = Project.objects.get()
     assert project.copy_patterns == [".env", "config/local.py"]
     assert project.setup_command == "npm ci"
+
+
+def test_agent_enable_refuses_a_template_whose_program_is_missing(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(CommandError, match="'aider' is not installed"):
+        run_cmd("agent", "enable", "aider")
+    assert not Agent.objects.get(name="aider").enabled

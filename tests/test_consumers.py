@@ -161,3 +161,10 @@ async def test_a_flood_of_output_loses_neither_the_move_nor_the_end_nor_lines(ma
     assert pushed.index(">line 1<") < pushed.index(">line 1500<")
     await board.disconnect()
     await page.disconnect()
+
+
+async def test_websocket_paths_the_board_does_not_serve_are_closed_not_errors():
+    for path in ("/ws/nope/", "/ws/projects/abc/", "/elsewhere"):
+        communicator = WebsocketCommunicator(application, path, headers=HEADERS)
+        connected, _ = await communicator.connect()
+        assert not connected

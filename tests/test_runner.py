@@ -359,3 +359,13 @@ def test_a_failing_pre_commit_hook_fails_the_run_with_the_hook_output(make_card,
     assert "lint: trailing whitespace in out.txt" in run.error
     assert Path(card.worktree_path, "out.txt").exists(), "the work stays in the worktree"
     assert git(project.repo_path, "rev-list", "--count", f"main..{card.branch}").strip() == "0", "never bypassed"
+
+
+def test_a_description_beyond_the_environment_limit_still_reaches_the_agent_whole(make_card):
+    prompt = "€" * 60_000  # 180 KB in UTF-8: more than Linux allows in one variable
+    card = make_card('echo "${#CARD_PROMPT}"; wc -c < "$CARD_PROMPT_FILE"', prompt=prompt)
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    output = "\n".join(run.events.filter(kind="log").values_list("text", flat=True)).split()
+    assert int(output[0]) < 60_000, "the variable is cut"
+    assert int(output[1]) > 180_000, "the file has it whole"

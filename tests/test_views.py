@@ -163,3 +163,34 @@ def test_paths_with_spaces_and_unicode_work_through_to_the_diff_view(client, mak
     page = client.get(f"/cards/{card.pk}/").content.decode()
     assert "docs ü/naïve file.txt" in page, "names are shown as they are, not quoted or escaped"
     assert "grüße" in page
+
+
+def test_control_characters_never_reach_titles(client, project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    htmx(client, f"/projects/{project.pk}/cards/", {"title": "Fix\x1b[31m red\x07 bell\ttab", "agent": "echo"})
+    assert Card.objects.get().title == "Fix[31m red bell tab"
+
+
+def test_a_description_too_long_is_refused_with_a_message(client, project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    response = htmx(client, f"/projects/{project.pk}/cards/", {"title": "Big", "prompt": "x" * 100_001, "agent": "echo"})
+    assert response.status_code == 422
+    assert "Keep the description under 100,000 characters" in response.content.decode()
+
+
+def test_a_repository_with_no_commit_is_refused_with_that_reason(client, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q", "-b", "main")
+    response = client.post("/projects/", {"repo_path": str(empty)})
+    assert response.status_code == 422
+    assert "has no commit yet" in response.content.decode()
+
+
+def test_the_same_repository_and_base_cannot_be_added_twice(client, make_repo):
+    repo = make_repo()
+    client.post("/projects/", {"repo_path": str(repo)})
+    response = client.post("/projects/", {"repo_path": str(repo)})
+    assert response.status_code == 422
+    assert "already the project" in response.content.decode()
+    assert Project.objects.count() == 1

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from board.forms import AgentForm
 from board.management.commands._cli import form_errors
-from board.models import Agent
+from board.models import Agent, BoardError
 
 
 class Command(BaseCommand):
@@ -30,10 +30,14 @@ class Command(BaseCommand):
                 self.stdout.write(f"{a.name}\t{a.kind}\t{'enabled' if a.enabled else 'disabled'}\t{a.describe}")
             return
         if action in ("enable", "disable"):
-            updated = Agent.objects.filter(name=options["name"]).update(enabled=action == "enable")
-            if not updated:
+            agent = Agent.objects.filter(name=options["name"]).first()
+            if agent is None:
                 raise CommandError(f"No agent named '{options['name']}'.")
-            self.stdout.write(f"{options['name']} {action}d")
+            try:
+                agent.set_enabled(action == "enable")
+            except BoardError as exc:
+                raise CommandError(str(exc)) from exc
+            self.stdout.write(f"{agent.name} {action}d")
             return
         is_command = options["cmdline"] is not None
         form = AgentForm(
