@@ -28,7 +28,9 @@ class ProjectForm(forms.ModelForm):
     base_branch = forms.CharField(
         required=False, max_length=255, help_text="Defaults to the branch checked out in the repository."
     )
-    branch_prefix = forms.CharField(required=False, max_length=100)
+    branch_prefix = forms.CharField(
+        required=False, max_length=100, help_text="Cards' branches are <prefix>/<card id>-<title>; defaults to agent."
+    )
 
     class Meta:
         model = Project
@@ -89,6 +91,11 @@ class AgentForm(forms.ModelForm):
         fields = ["name", "kind", "command", "model", "api_base", "api_key_env"]
         labels = {"api_key_env": "API key environment variable", "api_base": "API base URL"}
         widgets = {"command": forms.Textarea(attrs={"rows": 2})}
+        error_messages = {"name": {"unique": "An agent with this name already exists."}}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = Agent.Kind.choices  # no empty "---------" choice
 
     def clean_name(self):
         name = printable(self.cleaned_data["name"])

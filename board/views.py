@@ -186,7 +186,10 @@ def agents(request):
         messages.success(request, f"Agent '{agent.name}' added.")
         return redirect("agents")
     rows = [(a, a.installed) for a in Agent.objects.all()]
-    return render(request, "board/agents.html", {"rows": rows, "form": form}, status=422 if form.errors else 200)
+    # Only whether each named variable is set; values are never shown.
+    key_vars_set = {a.api_key_env for a, _ in rows if a.api_key_env and os.environ.get(a.api_key_env)}
+    context = {"rows": rows, "form": form, "key_vars_set": key_vars_set}
+    return render(request, "board/agents.html", context, status=422 if form.errors else 200)
 
 
 @require_POST

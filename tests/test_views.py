@@ -194,3 +194,19 @@ def test_the_same_repository_and_base_cannot_be_added_twice(client, make_repo):
     assert response.status_code == 422
     assert "already the project" in response.content.decode()
     assert Project.objects.count() == 1
+
+
+def test_the_agents_page_says_when_a_key_variable_is_not_set_without_showing_keys(client, monkeypatch):
+    monkeypatch.setenv("SET_KEY", "sk-secret-value")
+    monkeypatch.delenv("UNSET_KEY", raising=False)
+    Agent.objects.create(name="a", kind="builtin", model="openai/x", api_key_env="SET_KEY")
+    Agent.objects.create(name="b", kind="builtin", model="openai/y", api_key_env="UNSET_KEY")
+    page = client.get("/agents/").content.decode()
+    assert page.count("not set in the board's environment") == 1
+    assert "sk-secret-value" not in page
+
+
+def test_a_missing_page_has_a_way_back(client):
+    response = Client(HTTP_HOST="127.0.0.1").get("/cards/424242/")
+    assert response.status_code == 404
+    assert "Back to the projects" in response.content.decode()
