@@ -175,15 +175,24 @@ def kill_marked(mark: str, grace: float = KILL_GRACE) -> int:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
-    for proc in found:
+    terminate_all(found, grace)
+    return len(found)
+
+
+def terminate_all(procs: list, grace: float = KILL_GRACE) -> None:
+    """SIGTERM every psutil process in ``procs``, then SIGKILL those still there after ``grace``
+    seconds, and wait for them; processes already gone are skipped."""
+    import psutil
+
+    for proc in procs:
         try:
             proc.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(found, timeout=grace)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
     for proc in alive:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    return len(found)
+    psutil.wait_procs(alive, timeout=grace)

@@ -56,7 +56,10 @@ def execute(run_id: int) -> str | None:
         outcome = Outcome(RunState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
     finally:
         # Nothing an agent started outlives its run, not even what left its process group.
-        kill_marked(run_mark(run.pk))
+        try:
+            kill_marked(run_mark(run.pk))
+        except Exception:  # never let the cleanup keep the run from ending
+            log.exception("could not end the leftover processes of run %s", run_id)
     commits = _branch_commits(run)
     run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
     return outcome.state

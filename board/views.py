@@ -54,7 +54,7 @@ def board(request, project_id):
     context = board_context(project)
     # The agent of the project's latest card is the likely next choice, not the first by name.
     last = project.cards.filter(agent__enabled=True).order_by("-id").values_list("agent__name", flat=True).first()
-    context.update(projects=Project.objects.all(), form=CardForm(initial={"agent": last}))
+    context["form"] = CardForm(initial={"agent": last})
     return render(request, "board/board.html", context)
 
 
@@ -134,12 +134,13 @@ def card_detail(request, card_id):
     return render(request, "board/card_detail.html", card_context(card))
 
 
-@require_POST
-def card_start(request, card_id):
-    card = get_object_or_404(Card.objects.select_related("project", "agent"), pk=card_id)
+def _card_action(request, card_id: int, action: str):
+    """Call ``card.<action>()`` (start or stop); answer htmx with the card re-rendered (409 with
+    the reason when refused), a plain form with a redirect to the card's page."""
+    card = get_object_or_404(Card, pk=card_id)
     error = ""
     try:
-        card.start()
+        getattr(card, action)()
     except BoardError as exc:
         error = str(exc)
     card = Card.objects.select_related("agent", "current_run").get(pk=card.pk)
@@ -148,22 +149,16 @@ def card_start(request, card_id):
     if error:
         messages.error(request, error)
     return redirect("card_detail", card_id=card.pk)
+
+
+@require_POST
+def card_start(request, card_id):
+    return _card_action(request, card_id, "start")
 
 
 @require_POST
 def card_stop(request, card_id):
-    card = get_object_or_404(Card.objects.select_related("current_run"), pk=card_id)
-    error = ""
-    try:
-        card.stop()
-    except BoardError as exc:
-        error = str(exc)
-    card = Card.objects.select_related("agent", "current_run").get(pk=card.pk)
-    if request.htmx:
-        return render(request, "board/board.html#card", {"card": card, "error": error}, status=409 if error else 200)
-    if error:
-        messages.error(request, error)
-    return redirect("card_detail", card_id=card.pk)
+    return _card_action(request, card_id, "stop")
 
 
 @require_POST

@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from agents import runner
+from agents.command import terminate_all
 from board.models import Run, RunState
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of what is left at shutdown
@@ -151,19 +152,7 @@ class Command(BaseCommand):
         return False
 
     def _stop_all(self) -> None:
-        procs = [p for child in self.children for p in _tree(child)]
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=STOP_GRACE)
+        terminate_all([p for child in self.children for p in _tree(child)], STOP_GRACE)
         for child in self.children:
             child.poll()
         stopped = runner.interrupt_orphans(worker_alive, reason="the board was stopped while it ran")
