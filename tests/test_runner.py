@@ -369,3 +369,18 @@ def test_a_description_beyond_the_environment_limit_still_reaches_the_agent_whol
     output = "\n".join(run.events.filter(kind="log").values_list("text", flat=True)).split()
     assert int(output[0]) < 60_000, "the variable is cut"
     assert int(output[1]) > 180_000, "the file has it whole"
+
+
+def test_a_repository_using_lfs_gets_real_file_contents_where_git_lfs_is_installed(make_card, project):
+    # Needs git-lfs (./run-tests and .ci/run install it); a missing one fails here, loudly.
+    repo = project.repo_path
+    git(repo, "lfs", "install", "--local")
+    git(repo, "lfs", "track", "*.bin")
+    Path(repo, "model.bin").write_bytes(b"\x00real binary content\x01" * 100)
+    git(repo, "add", ".gitattributes", "model.bin")
+    git(repo, "commit", "-q", "-m", "Add a large file through LFS")
+    assert "oid sha256:" in git(repo, "cat-file", "-p", "HEAD:model.bin"), "stored as an LFS pointer"
+    card = make_card("cmp -s model.bin /dev/null; wc -c < model.bin")
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert Path(card.worktree_path, "model.bin").read_bytes() == b"\x00real binary content\x01" * 100
