@@ -20,6 +20,7 @@ FLUSH_LINES = 200  # or sooner, when this many lines are waiting
 LINE_LIMIT = 4000  # characters kept of one output line
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of the process group
 EXIT_GRACE = 1.0  # seconds to keep reading after the command ended, for output still in the pipe
+QUEUE_LINES = 10_000  # output lines read ahead of the card's log at most
 
 
 @dataclass
@@ -92,7 +93,9 @@ def run_command(
     except OSError as exc:
         return CommandResult("failed", "", f"could not start the command: {exc}", None)
 
-    lines: queue.Queue[str | None] = queue.Queue()
+    # Bounded, so a command that floods its output is slowed by the pipe instead of filling the
+    # worker's memory.
+    lines: queue.Queue[str | None] = queue.Queue(maxsize=QUEUE_LINES)
 
     def read() -> None:
         for raw in proc.stdout:
@@ -109,12 +112,15 @@ def run_command(
     eof = False
     killed = False
     exited_at: float | None = None
-    while not eof:
+    while True:
+        items: list[str | None] = []
         try:
-            line = lines.get(timeout=0.1)
+            items.append(lines.get(timeout=0.1))
+            while len(items) < FLUSH_LINES:
+                items.append(lines.get_nowait())
         except queue.Empty:
-            line = ""
-        else:
+            pass
+        for line in items:
             if line is None:
                 eof = True
             else:
@@ -129,14 +135,16 @@ def run_command(
         if eof:
             break
         if proc.poll() is not None:
-            # The command has ended. Whatever still holds its output open is something it left
-            # running in the background: read what is there, then stop waiting for it.
+            # The command has ended (on its own, or killed). Whatever still holds its output open
+            # is something it left running: after a moment for output still in the pipe, its
+            # group is killed and nothing more is waited for.
             exited_at = exited_at or now
-            if now - exited_at > EXIT_GRACE and lines.empty():
+            if killed or now - exited_at > EXIT_GRACE:
+                kill_group(proc, grace=0)
                 if pending:
                     emit("log", "\n".join(pending))
                 break
-        elif not killed and now > deadline:
+        if not killed and now > deadline:
             reason = f"the command did not end within {timeout:g} s and was killed"
             kill_group(proc)
             killed = True

@@ -93,3 +93,28 @@ def test_a_child_that_escaped_the_group_does_not_hold_the_run(tmp_path):
         for p in psutil.process_iter(["cmdline"]):
             if marker in " ".join(p.info["cmdline"] or []):
                 p.kill()
+
+
+def test_a_background_child_that_floods_output_is_ended_with_the_command(tmp_path):
+    calls, emit = collect()
+    started = time.monotonic()
+    result = run_command("(while :; do echo spam; done) & echo main done", str(tmp_path), dict(os.environ), emit, timeout=30)
+    assert result.state == "succeeded"
+    assert time.monotonic() - started < 10
+
+
+def test_stop_during_a_flood_ends_the_run_at_once(tmp_path):
+    _, emit = collect()
+    asked = time.monotonic() + 1
+    started = time.monotonic()
+    result = run_command("yes", str(tmp_path), dict(os.environ), emit, 60, should_stop=lambda: time.monotonic() > asked)
+    assert result.state == "stopped"
+    assert time.monotonic() - started < 8
+
+
+def test_the_time_limit_holds_even_when_output_never_stops(tmp_path):
+    _, emit = collect()
+    started = time.monotonic()
+    result = run_command("yes", str(tmp_path), dict(os.environ), emit, timeout=1.5)
+    assert result.state == "failed" and "did not end within 1.5 s" in result.error
+    assert time.monotonic() - started < 8
