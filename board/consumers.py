@@ -108,7 +108,7 @@ class CardConsumer(AsyncWebsocketConsumer):
                 shown, skipped = _tail_within(fresh, LIVE_PUSH_CHARS)
                 html += render_to_string("board/card_detail.html#log-push", {"events": shown, "skipped": skipped})
         kinds = {e["kind"] for e in events}
-        if kinds & {"state", "card", "checkpoint", "step"}:
+        if kinds & {"state", "card", "checkpoint", "step", "log"}:  # the header shows the latest line
             parts = ["header"]
             ended = any(e["kind"] == "state" and e["text"] not in ("queued", "running") for e in events)
             if "checkpoint" in kinds or ended:

@@ -43,5 +43,18 @@
       if (old) old.remove();
     });
   });
+  // Forms re-rendered by a websocket push carry no CSRF token (there is no request to make one
+  // for); give them the page's own before they are sent.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if ((form.method || "").toLowerCase() !== "post" || form.querySelector("[name=csrfmiddlewaretoken]")) return;
+    var headers = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
+    if (!headers["X-CSRFToken"]) return;
+    var input = document.createElement("input");
+    input.type = "hidden";
+    input.name = "csrfmiddlewaretoken";
+    input.value = headers["X-CSRFToken"];
+    form.appendChild(input);
+  }, true);
   setInterval(tick, 1000);
 })();
