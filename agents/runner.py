@@ -197,6 +197,8 @@ def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
         CARD_BRANCH=card.branch,
         RUN_ID=str(run.pk),
         **{MARK_VARIABLE: run_mark(run.pk)},
+        # git never looks above the worktree, even if the agent deletes its .git.
+        GIT_CEILING_DIRECTORIES=os.path.dirname(os.path.abspath(card.worktree_path)),
     )
     env.update(_identity().env())
     return env

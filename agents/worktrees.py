@@ -326,6 +326,19 @@ def _abs(path: str) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
+def _worktree(path: str) -> str:
+    """``path`` made absolute, after checking it is still a worktree of its own: without its
+    ``.git`` (an agent may delete it), git would look upwards and act on whatever repository
+    encloses the folder, such as the board's own checkout. Raises :class:`NotARepository`."""
+    wt = _abs(path)
+    if os.path.isdir(wt) and not os.path.lexists(os.path.join(wt, ".git")):
+        raise NotARepository(
+            f"{wt} is no longer a git worktree: its .git is gone (did the agent delete it?). "
+            "Nothing was committed; delete the card to clean up."
+        )
+    return wt
+
+
 def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
@@ -725,7 +738,7 @@ def commit_all(
     the identity is unusable or the commit fails; a failing hook's output is
     part of the message.
     """
-    wt = _abs(worktree_path)
+    wt = _worktree(worktree_path)
     _check_identity(identity)
     _git(wt, "add", "-A", doing=f"stage the changes in {wt}")
 
@@ -773,7 +786,7 @@ def new_commits(worktree_path: str, base_commit: str) -> list[Commit]:
     Raises :class:`NotARepository` for a bad path and :class:`GitError` when
     ``base_commit`` is not a commit of the repository.
     """
-    wt = _abs(worktree_path)
+    wt = _worktree(worktree_path)
     base = _check_commit(wt, base_commit)
     out = _git(
         wt, "log", "--reverse", "--no-show-signature", "-z", "--format=%H%n%an%n%aI%n%s", f"{base}..HEAD",
@@ -820,7 +833,7 @@ def diffstat(worktree_path: str, base_commit: str) -> str:
     Uncommitted changes are not counted (see :func:`has_changes`). Raises
     :class:`NotARepository` and :class:`GitError` (``base_commit`` unknown).
     """
-    wt = _abs(worktree_path)
+    wt = _worktree(worktree_path)
     base = _check_commit(wt, base_commit)
     out = _git(wt, "diff", "--shortstat", "-M", base, "HEAD", doing="summarise the changes", read_only=True).out
     return out.strip() or "no changes"
@@ -830,7 +843,7 @@ def has_changes(worktree_path: str) -> bool:
     """True when the working tree has uncommitted work: modified, staged,
     deleted or untracked files (files ignored by .gitignore do not count).
     Raises :class:`NotARepository` and :class:`GitError`."""
-    wt = _abs(worktree_path)
+    wt = _worktree(worktree_path)
     out = _git(
         wt, "status", "--porcelain", "-z", "--untracked-files=normal",
         doing=f"read the status of {wt}", read_only=True,
@@ -899,7 +912,7 @@ def prepare_worktree(worktree_path: str) -> list[str]:
     Git LFS is there when the repository uses it. Returns one line per thing done, for the card.
     Raises :class:`GitError` with a clear reason: LFS used but git-lfs not installed, or a
     submodule that cannot be fetched."""
-    wt = _abs(worktree_path)
+    wt = _worktree(worktree_path)
     done = []
     if _uses_lfs(wt) and _git(wt, "lfs", "version", check=False, read_only=True).status != 0:
         raise GitError(

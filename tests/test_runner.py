@@ -384,3 +384,17 @@ def test_a_repository_using_lfs_gets_real_file_contents_where_git_lfs_is_install
     run = start_and_run(card)
     assert run.state == RunState.SUCCEEDED, run.error
     assert Path(card.worktree_path, "model.bin").read_bytes() == b"\x00real binary content\x01" * 100
+
+
+def test_an_agent_that_deletes_the_worktree_git_never_makes_the_board_commit_elsewhere(make_card, project, settings, make_repo):
+    # The data folder inside another repository, as the default .data inside the board's checkout.
+    outer = make_repo("outer")
+    settings.WORKTREES_DIR = outer / ".data" / "worktrees"
+    outer_head = git(outer, "rev-parse", "HEAD")
+    card = make_card("rm -rf .git; echo hacked > hacked.txt; git add -A 2>&1; git commit -qm sneaky 2>&1; true")
+    run = start_and_run(card)
+    assert run.state == RunState.FAILED
+    assert "no longer a git worktree" in run.error
+    assert git(outer, "rev-parse", "HEAD") == outer_head, "the enclosing repository is untouched"
+    assert "sneaky" not in git(outer, "log", "--all", "--format=%s"), "nor the agent's own git commands"
+    assert git(outer, "diff", "--cached", "--name-only") == "", "nothing staged in it"
