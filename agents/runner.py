@@ -33,6 +33,10 @@ class RunFailure(Exception):
     """A reason to fail the run, shown on the card as it is."""
 
 
+class RunStopped(Exception):
+    """The lead stopped the run before its agent began."""
+
+
 @dataclass
 class Outcome:
     state: str
@@ -51,6 +55,8 @@ def execute(run_id: int) -> str | None:
         outcome = _execute(run)
     except (RunFailure, worktrees.GitError) as exc:
         outcome = Outcome(RunState.FAILED, error=str(exc))
+    except RunStopped:
+        outcome = Outcome(RunState.STOPPED, error="stopped by the lead")
     except Exception as exc:  # the card must never stay "running" because of a bug of ours
         log.exception("run %s crashed", run_id)
         outcome = Outcome(RunState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
@@ -133,14 +139,29 @@ def _execute(run: Run) -> Outcome:
     run.base_commit = tree.base_commit
     run.save(update_fields=["base_commit"])
     run.emit("step", f"Worktree {'created' if tree.created else 'reused'} at {tree.path} (base {tree.base_commit[:10]})")
-    if tree.created:
-        _fill_worktree(run, tree.path)
+    stop = _StopFlag(run.pk)
+    if tree.created or not card.worktree_ready:
+        # Until the setup has once succeeded, every run does it again.
+        Card.objects.filter(pk=card.pk).update(worktree_ready=False)
+        _fill_worktree(run, tree.path, stop)
+        Card.objects.filter(pk=card.pk).update(worktree_ready=True)
+    if stop():
+        return Outcome(RunState.STOPPED, error="stopped by the lead")
 
     agent = run.agent
     if agent.kind == Agent.Kind.COMMAND:
-        outcome = _run_command_agent(run, tree.path)
+        outcome = _run_command_agent(run, tree.path, stop)
     else:
-        outcome = _run_builtin_agent(run, tree.path)
+        outcome = _run_builtin_agent(run, tree.path, stop)
+
+    checked_out = worktrees.current_branch(tree.path)
+    if checked_out != card.branch:
+        # Committing now would put the card's work on someone else's branch.
+        raise RunFailure(
+            f"The agent left the worktree on {checked_out or 'a detached HEAD'} instead of the card's branch "
+            f"{card.branch}, so its work is not on the card's branch. Nothing more was committed; switch the "
+            f"worktree back (git -C '{tree.path}' switch {card.branch}) and start the card again."
+        )
 
     # What the agent left uncommitted is its work too: commit it on the card's branch whatever the
     # outcome, so nothing is lost. A failing hook fails the run with the hook's output.
@@ -155,7 +176,7 @@ def _execute(run: Run) -> Outcome:
     return outcome
 
 
-def _fill_worktree(run: Run, worktree: str) -> None:
+def _fill_worktree(run: Run, worktree: str, stop: _StopFlag) -> None:
     """What a new worktree needs besides the checkout: submodules, the ignored files the project
     lists (such as .env), then its setup command, whose failure fails the run with its output."""
     project = run.card.project
@@ -175,8 +196,10 @@ def _fill_worktree(run: Run, worktree: str) -> None:
 
         result = run_command(
             project.setup_command, cwd=worktree, env=agent_environment(run, _prompt_file(run)),
-            emit=emit, timeout=settings.BOARD_RUN_TIMEOUT,
+            emit=emit, timeout=settings.BOARD_RUN_TIMEOUT, should_stop=stop,
         )
+        if result.state == RunState.STOPPED:
+            raise RunStopped()
         if result.state != RunState.SUCCEEDED:
             output = "\n".join(tail)
             raise RunFailure(f"The setup command failed: {result.error}" + (f"\n{output}" if output else ""))
@@ -213,7 +236,7 @@ def _prompt_file(run: Run) -> Path:
     return path
 
 
-def _run_command_agent(run: Run, worktree: str) -> Outcome:
+def _run_command_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
     command = run.agent.command
     run.emit("step", f"$ {command}")
     result = run_command(
@@ -222,12 +245,12 @@ def _run_command_agent(run: Run, worktree: str) -> Outcome:
         env=agent_environment(run, _prompt_file(run)),
         emit=lambda kind, text: run.emit(kind, text),
         timeout=settings.BOARD_RUN_TIMEOUT,
-        should_stop=_StopFlag(run.pk),
+        should_stop=stop,
     )
     return Outcome(result.state, result.summary[:300], result.error)
 
 
-def _run_builtin_agent(run: Run, worktree: str) -> Outcome:
+def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
     from agents import builtin
 
     agent = run.agent
@@ -255,7 +278,7 @@ def _run_builtin_agent(run: Run, worktree: str) -> Outcome:
     extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_", MARK_VARIABLE))}
     result = builtin.run(
         state, Path(worktree), config, emit=run.emit, checkpoint=checkpoint, save_state=save_state,
-        should_stop=_StopFlag(run.pk), extra_env=extra_env,
+        should_stop=stop, extra_env=extra_env,
     )
     return Outcome(result.state, result.summary, result.error)
 

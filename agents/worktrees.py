@@ -839,6 +839,14 @@ def diffstat(worktree_path: str, base_commit: str) -> str:
     return out.strip() or "no changes"
 
 
+def current_branch(worktree_path: str) -> str | None:
+    """The branch checked out in the worktree, or None on a detached HEAD. Raises
+    :class:`NotARepository` and :class:`GitError`."""
+    wt = _worktree(worktree_path)
+    r = _git(wt, "symbolic-ref", "--quiet", "--short", "HEAD", check=False, read_only=True)
+    return r.out.strip() if r.status == 0 and r.out.strip() else None
+
+
 def has_changes(worktree_path: str) -> bool:
     """True when the working tree has uncommitted work: modified, staged,
     deleted or untracked files (files ignored by .gitignore do not count).

@@ -126,6 +126,9 @@ class Card(models.Model):
     position = models.IntegerField(default=0)
     branch = models.CharField(max_length=300, blank=True)
     worktree_path = models.CharField(max_length=4096, blank=True)
+    worktree_ready = models.BooleanField(
+        default=False, help_text="Files copied and setup command done in the worktree; redone until it is."
+    )
     current_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -398,3 +398,54 @@ def test_an_agent_that_deletes_the_worktree_git_never_makes_the_board_commit_els
     assert git(outer, "rev-parse", "HEAD") == outer_head, "the enclosing repository is untouched"
     assert "sneaky" not in git(outer, "log", "--all", "--format=%s"), "nor the agent's own git commands"
     assert git(outer, "diff", "--cached", "--name-only") == "", "nothing staged in it"
+
+
+def test_a_failed_setup_is_done_again_by_the_next_run(make_card, project, tmp_path):
+    flag = tmp_path / "setup-may-pass"
+    project.setup_command = f"test -e {flag} && echo set up > setup-done.txt"
+    project.save()
+    card = make_card("cat setup-done.txt")
+    assert start_and_run(card).state == RunState.FAILED
+    flag.touch()
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert "set up" in "\n".join(run.events.filter(kind="log").values_list("text", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_during_the_setup_command_stops_the_run_before_the_agent(make_card, project, tmp_path):
+    import threading
+
+    from django.db import connection
+
+    project.setup_command = "echo setting up; sleep 60"
+    project.save()
+    ran = tmp_path / "agent-ran"
+    card = make_card(f"touch {ran}")
+    run = card.start()
+
+    def work():
+        try:
+            runner.execute(run.pk)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not run.events.filter(text__contains="setting up").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    card.stop()
+    thread.join(15)
+    run.refresh_from_db()
+    assert run.state == RunState.STOPPED
+    assert not ran.exists()
+
+
+def test_an_agent_that_switches_branches_fails_the_run_instead_of_misplacing_work(make_card, project):
+    card = make_card("git switch -q -c sneaky-branch && echo x > x.txt && git add x.txt && git commit -qm 'on another branch' && echo y > y.txt")
+    run = start_and_run(card)
+    assert run.state == RunState.FAILED
+    assert "sneaky-branch instead of the card's branch" in run.error
+    assert git(project.repo_path, "rev-list", "--count", f"main..{card.branch}").strip() == "0"
+    assert git(project.repo_path, "show", "sneaky-branch:x.txt") == "x\n", "the agent's work is where it put it"
