@@ -330,23 +330,26 @@ class Run(models.Model):
                 data=data or {},
             )
 
-    def finish(self, state: str, summary: str = "", error: str = "", commits: list[str] | None = None) -> None:
+    def finish(self, state: str, summary: str = "", error: str = "", commits: list[str] | None = None) -> bool:
         """End the run in a final state. A run that succeeded moves its card to Review; any other
-        end leaves the card where it is, showing the state and the reason."""
+        end leaves the card where it is, showing the state and the reason. A run that has ended
+        already keeps its first end (returns False): an end is never rewritten."""
         if state not in FINAL_STATES:
             raise ValueError(f"{state!r} is not a final run state")
         with transaction.atomic():
-            self.state = state
-            self.summary = summary[:2000]
-            self.error = error[:4000]
-            self.ended_at = timezone.now()
+            fields = {"state": state, "summary": summary[:2000], "error": error[:4000], "ended_at": timezone.now()}
             if commits is not None:
-                self.commits = commits
-            self.save(update_fields=["state", "summary", "error", "ended_at", "commits"])
+                fields["commits"] = commits
+            if not Run.objects.filter(pk=self.pk, state__in=ACTIVE_STATES).update(**fields):
+                self.refresh_from_db()
+                return False
+            for name, value in fields.items():
+                setattr(self, name, value)
             self.emit("state", state, {"summary": self.summary, "error": self.error})
             if state == RunState.SUCCEEDED:
                 card = Card.objects.get(pk=self.card_id)
                 card.move_to(Column.REVIEW)
+        return True
 
     @property
     def elapsed_seconds(self) -> int | None:

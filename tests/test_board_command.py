@@ -125,3 +125,46 @@ def test_the_board_caps_parallel_runs_and_ctrl_c_leaves_no_process(make_repo, tm
     finally:
         stop_board(board, log_path)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+def test_after_a_kill_9_of_the_board_nothing_of_it_runs_on_and_the_next_board_makes_it_right(make_repo, tmp_path):
+    repo = make_repo()
+    port = free_port()
+    marker = f"kill9-test-{os.getpid()}-{time.monotonic_ns()}"
+    data = tmp_path / "data"
+    env = {**os.environ, "BOARD_DATA_DIR": str(data), "BOARD_WORKERS": "1", "BOARD_RELAY_INTERVAL": "0.1"}
+    log_path = tmp_path / "board.log"
+    board = start_board(env, port, log_path)
+    agents = lambda: [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]  # noqa: E731
+    try:
+        project = manage(env, "project", "add", str(repo)).strip().splitlines()[-1]
+        manage(env, "agent", "add", "sleeper", "--command", f"echo started > wip.txt; exec -a {marker} sleep 300")
+        card = manage(env, "card", "add", "--project", project, "--title", "Long", "--agent", "sleeper").strip().splitlines()[-1]
+        manage(env, "card", "start", card)
+        wait_for(lambda: len(agents()) == 1, 60, "the agent")
+        children = psutil.Process(board.pid).children(recursive=True)
+        board_processes = [p for p in children if marker not in " ".join(p.cmdline())]
+        os.kill(board.pid, signal.SIGKILL)
+        board.wait(10)
+        # The web server and every worker process follow the board; only the agent, in a
+        # session of its own, is left for the next board.
+        wait_for(
+            lambda: not [p for p in board_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            15, "the board's processes to end",
+        )
+        assert len(agents()) == 1
+    finally:
+        if board.poll() is None:
+            os.killpg(board.pid, signal.SIGKILL)
+    board = start_board(env, port, log_path)
+    try:
+        assert "Marked 1 run(s) left running by a previous board as interrupted." in log_path.read_text()
+        assert agents() == []
+        state = card_state(env, card)
+        assert state["state"] == "interrupted"
+        assert git(repo, "show", f"{state['branch']}:wip.txt") == "started\n"
+    finally:
+        # Closing the terminal stops the board as Ctrl-C does.
+        board.send_signal(signal.SIGHUP)
+        board.wait(30)
+    assert board.returncode == 0, log_path.read_text()

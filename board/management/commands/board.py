@@ -1,3 +1,5 @@
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import signal
@@ -27,6 +29,22 @@ def worker_alive(host: str, pid: int | None) -> bool:
     return pid is not None and psutil.pid_exists(pid)
 
 
+def set_parent_death_signal(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent dies, however that happens
+    (prctl PR_SET_PDEATHSIG, man 2 prctl; a no-op where there is no such call). Forked children
+    do not inherit it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signum)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the web server, before exec: SIGKILL it when the board dies."""
+    set_parent_death_signal(signal.SIGKILL)
+
+
 def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
     """The process and all its descendants, agents in their own sessions included; taken before
     any signal is sent, since children of a dead parent are re-parented and lost from view."""
@@ -35,6 +53,18 @@ def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
         return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+
+
+def _lock_holders(path) -> str:
+    """The processes that have the lock file open, as "pid (command)" items, for the message."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(f.path == str(path) for f in proc.open_files()):
+                found.append(f"{proc.pid} ({' '.join((proc.info['cmdline'] or [])[:4])})")
+        except (psutil.Error, OSError):
+            continue
+    return ", ".join(found)
 
 
 class Command(BaseCommand):
@@ -72,16 +102,22 @@ class Command(BaseCommand):
         base = str(settings.BASE_DIR)
         # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the
         # children in order instead of all of them racing.
+        # The children hold the data folder's lock too (pass_fds), so that while any of them is
+        # left (this process killed with -9, say) no second board starts on the same folder; and
+        # they are killed when this process dies (PR_SET_PDEATHSIG).
+        options = dict(cwd=base, env=env, start_new_session=True, pass_fds=(self._lock.fileno(),))
         self.children = [
             subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "config.asgi:application"],
-                cwd=base, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent, **options,
             ),
-            subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=base, env=env, start_new_session=True),
+            # board_workers arranges its own end with the board, for its whole process group.
+            subprocess.Popen([sys.executable, "manage.py", "board_workers"], **options),
         ]
         self.stopping = False
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        # Ctrl-C, a kill, or the terminal closing: all stop the board the same orderly way.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         code = 0
         try:
             if not self._wait_for_port(host, port):
@@ -117,9 +153,11 @@ class Command(BaseCommand):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
+            holders = _lock_holders(path)
             raise CommandError(
                 f"A board is already running on the data folder {settings.DATA_DIR} "
-                f"(process {handle.read().strip() or 'unknown'}). Stop it first, or set BOARD_DATA_DIR to another folder."
+                f"(process {handle.read().strip() or 'unknown'}; processes holding it: {holders or 'unknown'}). "
+                "Stop it first, or set BOARD_DATA_DIR to another folder."
             )
         handle.seek(0)
         handle.truncate()
