@@ -14,9 +14,13 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
 
 
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")  # ECMA-48 CSI, OSC, Fe
+
+
 def printable(text: str) -> str:
-    """``text`` with control characters (escape sequences, bells, NULs) dropped and runs of
-    whitespace made one space: titles and names end up in commit subjects and terminals."""
+    """``text`` with terminal escape sequences and control characters (bells, NULs) dropped and
+    runs of whitespace made one space: titles and names end up in commit subjects and terminals."""
+    text = ANSI_ESCAPE.sub("", text)
     return " ".join("".join(ch if ch.isprintable() or ch.isspace() else "" for ch in text).split())
 
 
@@ -39,7 +43,11 @@ class ProjectForm(forms.ModelForm):
         widgets = {"copy_files": forms.Textarea(attrs={"rows": 2}), "setup_command": forms.Textarea(attrs={"rows": 1})}
 
     def clean_repo_path(self):
-        path = os.path.abspath(os.path.expanduser(self.cleaned_data["repo_path"].strip()))
+        path = os.path.expanduser(self.cleaned_data["repo_path"].strip())
+        if not os.path.isabs(path):
+            # Relative to what? The board's own folder is never what the lead means.
+            raise forms.ValidationError("Give the repository's full path, such as /home/me/src/shop.")
+        path = os.path.abspath(path)
         try:
             self.repo_info = worktrees.inspect_repository(path)
         except worktrees.GitError as exc:

@@ -134,3 +134,16 @@ def test_agent_enable_refuses_a_template_whose_program_is_missing(monkeypatch):
     with pytest.raises(CommandError, match="'aider' is not installed"):
         run_cmd("agent", "enable", "aider")
     assert not Agent.objects.get(name="aider").enabled
+
+
+def test_project_add_takes_a_path_relative_to_where_it_is_run(make_repo, monkeypatch):
+    repo = make_repo()
+    monkeypatch.chdir(repo.parent)
+    run_cmd("project", "add", repo.name)
+    assert Project.objects.get().repo_path == str(repo)
+
+
+def test_card_start_refuses_a_timeout_that_is_not_positive(make_card):
+    card = make_card()
+    with pytest.raises(CommandError, match="above 0"):
+        run_cmd("card", "start", str(card.pk), "--wait", "--timeout", "-5")

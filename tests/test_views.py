@@ -168,7 +168,7 @@ def test_paths_with_spaces_and_unicode_work_through_to_the_diff_view(client, mak
 def test_control_characters_never_reach_titles(client, project):
     Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
     htmx(client, f"/projects/{project.pk}/cards/", {"title": "Fix\x1b[31m red\x07 bell\ttab", "agent": "echo"})
-    assert Card.objects.get().title == "Fix[31m red bell tab"
+    assert Card.objects.get().title == "Fix red bell tab"
 
 
 def test_a_description_too_long_is_refused_with_a_message(client, project):
@@ -210,3 +210,9 @@ def test_a_missing_page_has_a_way_back(client):
     response = Client(HTTP_HOST="127.0.0.1").get("/cards/424242/")
     assert response.status_code == 404
     assert "Back to the projects" in response.content.decode()
+
+
+def test_a_relative_project_path_is_refused_on_the_form(client):
+    response = client.post("/projects/", {"repo_path": "src/shop"})
+    assert response.status_code == 422
+    assert "full path" in response.content.decode()

@@ -63,6 +63,8 @@ class Command(BaseCommand):
         self.stdout.write(str(card.pk))
 
     def do_start(self, options):
+        if options["timeout"] is not None and options["timeout"] <= 0:
+            raise CommandError("--timeout must be a number of seconds above 0.")
         card = self._card(options["id"])
         if not workers_running():
             raise CommandError("No worker is running: start the board first (./run, or python manage.py board).")

@@ -1,3 +1,5 @@
+import os
+
 from django.core.management.base import BaseCommand
 
 from board.forms import ProjectForm
@@ -28,7 +30,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{p.pk}\t{p.name}\t{p.base_branch}\t{p.repo_path}")
             return
         form = ProjectForm(
-            {"repo_path": options["path"], "base_branch": options["base"], "name": options["name"],
+            {"repo_path": os.path.abspath(os.path.expanduser(options["path"])), "base_branch": options["base"], "name": options["name"],
              "branch_prefix": options["prefix"], "copy_files": "\n".join(options["copy"]),
              "setup_command": options["setup"]}
         )
