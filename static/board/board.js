@@ -1,5 +1,12 @@
 // Elapsed times tick in the browser from the run's start time; the server pushes only changes.
 (function () {
+  // After a restart of the board, reconnect within a few seconds: htmx's default backoff grows to
+  // a minute. Jittered so that many open tabs do not reconnect at the same instant.
+  if (window.htmx) {
+    htmx.config.wsReconnectDelay = function (retryCount) {
+      return Math.min(500 * Math.pow(2, retryCount), 4000) * (0.5 + Math.random() / 2);
+    };
+  }
   function fmt(seconds) {
     seconds = Math.max(0, Math.floor(seconds));
     var h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
