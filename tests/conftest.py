@@ -27,6 +27,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def execute_in_thread(run_id: int):
+    """Run ``agents.runner.execute(run_id)`` in a new thread, as a worker would, with its own
+    database connection (closed at the end); returns the started thread. Needs a transactional
+    test (``django_db(transaction=True)``) to see the run."""
+    import threading
+
+    from django.db import connection
+
+    from agents import runner
+
+    def work():
+        try:
+            runner.execute(run_id)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
 @pytest.fixture
 def make_repo(tmp_path):
     """Factory: a new git repository with one commit on ``main`` (README.md), at tmp_path/name."""

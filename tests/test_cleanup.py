@@ -2,18 +2,16 @@
 not on the base branch stays unless the lead says otherwise. Real throwaway repositories."""
 
 import os
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from django.db import connection
 from django.test import Client
 
 from agents import runner, worktrees
 from board.models import Card, Event, Run, RunState
-from tests.conftest import git
+from tests.conftest import execute_in_thread, git
 
 pytestmark = pytest.mark.django_db
 
@@ -23,18 +21,6 @@ def run_once(card: Card) -> Run:
     runner.execute(run.pk)
     card.refresh_from_db()
     return card.current_run
-
-
-def in_background(run: Run) -> threading.Thread:
-    def work():
-        try:
-            runner.execute(run.pk)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    return thread
 
 
 def wait_for_state(run: Run, state: str, timeout: float = 20) -> None:
@@ -56,7 +42,7 @@ def test_stop_ends_the_whole_process_group_within_seconds(make_card):
     marker = f"stop-test-{os.getpid()}-{time.monotonic_ns()}"
     card = make_card(f"echo working; (exec -a {marker} sleep 300) & exec -a {marker} sleep 300")
     run = card.start()
-    thread = in_background(run)
+    thread = execute_in_thread(run.pk)
     wait_for_state(run, RunState.RUNNING)
     deadline = time.monotonic() + 10
     while len(processes_named(marker)) < 2 and time.monotonic() < deadline:
@@ -123,7 +109,7 @@ def test_deleting_a_running_card_stops_its_agent_first(make_card, project):
     marker = f"delete-test-{os.getpid()}-{time.monotonic_ns()}"
     card = make_card(f"exec -a {marker} sleep 300")
     run = card.start()
-    thread = in_background(run)
+    thread = execute_in_thread(run.pk)
     wait_for_state(run, RunState.RUNNING)
     card_id = card.pk
     card.refresh_from_db()

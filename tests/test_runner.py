@@ -9,7 +9,7 @@ import pytest
 
 from agents import runner, worktrees
 from board.models import Card, Column, Event, Run, RunState
-from tests.conftest import free_port, git
+from tests.conftest import execute_in_thread, free_port, git
 
 pytestmark = pytest.mark.django_db
 
@@ -279,8 +279,6 @@ def test_a_repository_using_lfs_fails_clearly_where_git_lfs_is_missing(make_card
 def test_ten_cards_started_at_once_all_succeed_while_the_user_works_in_their_checkout(make_card, project):
     import threading
 
-    from django.db import connection
-
     repo = project.repo_path
     cards = [make_card(f"echo {i} > out-{i}.txt", title=f"Parallel {i}") for i in range(10)]
     runs = [card.start() for card in cards]
@@ -299,17 +297,9 @@ def test_ten_cards_started_at_once_all_succeed_while_the_user_works_in_their_che
             except AssertionError as exc:  # the user's git must keep working too
                 user_errors.append(str(exc))
 
-    def execute(run_id):
-        try:
-            runner.execute(run_id)
-        finally:
-            connection.close()
-
     user = threading.Thread(target=user_at_work)
     user.start()
-    workers = [threading.Thread(target=execute, args=(run.pk,)) for run in runs]
-    for w in workers:
-        w.start()
+    workers = [execute_in_thread(run.pk) for run in runs]
     for w in workers:
         w.join(120)
     done.set()
@@ -414,24 +404,12 @@ def test_a_failed_setup_is_done_again_by_the_next_run(make_card, project, tmp_pa
 
 @pytest.mark.django_db(transaction=True)
 def test_stop_during_the_setup_command_stops_the_run_before_the_agent(make_card, project, tmp_path):
-    import threading
-
-    from django.db import connection
-
     project.setup_command = "echo setting up; sleep 60"
     project.save()
     ran = tmp_path / "agent-ran"
     card = make_card(f"touch {ran}")
     run = card.start()
-
-    def work():
-        try:
-            runner.execute(run.pk)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=work)
-    thread.start()
+    thread = execute_in_thread(run.pk)
     deadline = time.monotonic() + 20
     while not run.events.filter(text__contains="setting up").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
