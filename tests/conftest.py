@@ -20,6 +20,18 @@ def git(cwd: Path | str, *args: str) -> str:
     return result.stdout
 
 
+def processes_named(marker: str) -> list:
+    """The live processes whose command line contains ``marker`` (tests name theirs with
+    ``exec -a``), to check that none outlived what should have ended it."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -13,7 +13,7 @@ import urllib.request
 import psutil
 from django.conf import settings
 
-from tests.conftest import free_port, git
+from tests.conftest import free_port, git, processes_named
 
 
 def manage(env, *args) -> str:
@@ -102,14 +102,14 @@ def test_the_board_caps_parallel_runs_and_ctrl_c_leaves_no_process(make_repo, tm
         wait_for(lambda: run_states(data).count("running") == 2, 60, "two running cards")
         time.sleep(2)  # the third stays queued while both workers are busy
         assert run_states(data) == ["queued", "running", "running"]
-        wait_for(lambda: len([p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]) == 2, 30, "two agents")
+        wait_for(lambda: len(processes_named(marker)) == 2, 30, "two agents")
     finally:
         tree = stop_board(board, log_path)
     output = log_path.read_text()
     assert "Board stopped. 2 run(s) interrupted." in output
     left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], output
-    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert not processes_named(marker)
     states = {c: card_state(env, c) for c in cards}
     assert sorted(s["state"] for s in states.values()) == ["interrupted", "interrupted", "queued"]
     interrupted = [s for s in states.values() if s["state"] == "interrupted"]
@@ -124,7 +124,7 @@ def test_the_board_caps_parallel_runs_and_ctrl_c_leaves_no_process(make_repo, tm
         wait_for(lambda: card_state(env, queued)["state"] == "running", 60, "the queued card to run")
     finally:
         stop_board(board, log_path)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert not processes_named(marker)
 
 
 def test_after_a_kill_9_of_the_board_nothing_of_it_runs_on_and_the_next_board_makes_it_right(make_repo, tmp_path):
@@ -135,7 +135,10 @@ def test_after_a_kill_9_of_the_board_nothing_of_it_runs_on_and_the_next_board_ma
     env = {**os.environ, "BOARD_DATA_DIR": str(data), "BOARD_WORKERS": "1", "BOARD_RELAY_INTERVAL": "0.1"}
     log_path = tmp_path / "board.log"
     board = start_board(env, port, log_path)
-    agents = lambda: [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]  # noqa: E731
+
+    def agents():
+        return processes_named(marker)
+
     try:
         project = manage(env, "project", "add", str(repo)).strip().splitlines()[-1]
         manage(env, "agent", "add", "sleeper", "--command", f"echo started > wip.txt; exec -a {marker} sleep 300")

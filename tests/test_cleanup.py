@@ -5,13 +5,12 @@ import os
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from django.test import Client
 
 from agents import runner, worktrees
 from board.models import Card, Event, Run, RunState
-from tests.conftest import execute_in_thread, git
+from tests.conftest import execute_in_thread, git, processes_named
 
 pytestmark = pytest.mark.django_db
 
@@ -31,10 +30,6 @@ def wait_for_state(run: Run, state: str, timeout: float = 20) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"run {run.pk} is {run.state}, not {state}")
-
-
-def processes_named(marker: str) -> list:
-    return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,9 +3,9 @@
 import os
 import time
 
-import psutil
 
 from agents.command import run_command
+from tests.conftest import processes_named
 
 
 def collect():
@@ -57,7 +57,7 @@ def test_a_command_that_never_ends_is_killed_with_its_whole_group(tmp_path):
     assert "did not end within 1.5 s" in result.error
     assert time.monotonic() - started < 15
     time.sleep(0.3)
-    left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    left = processes_named(marker)
     assert left == []
 
 
@@ -78,7 +78,7 @@ def test_a_command_that_leaves_a_background_child_ends_when_it_ends(tmp_path):
     assert time.monotonic() - started < 5
     assert "bye" in "".join(text for _, text in calls)
     time.sleep(0.3)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert not processes_named(marker)
 
 
 def test_a_child_that_escaped_the_group_does_not_hold_the_run(tmp_path):
@@ -90,9 +90,8 @@ def test_a_child_that_escaped_the_group_does_not_hold_the_run(tmp_path):
         assert result.state == "succeeded"
         assert time.monotonic() - started < 5
     finally:
-        for p in psutil.process_iter(["cmdline"]):
-            if marker in " ".join(p.info["cmdline"] or []):
-                p.kill()
+        for p in processes_named(marker):
+            p.kill()
 
 
 def test_a_background_child_that_floods_output_is_ended_with_the_command(tmp_path):
