@@ -14,9 +14,8 @@ from board.views import LOG_KINDS, board_context, card_context
 # Event kinds that change what a card shows on the board or in its detail.
 BOARD_KINDS = {"card", "state", "step", "log", "checkpoint"}
 # Characters of new output one push may carry to a card page; a flood beyond it shows its tail
-# and says how much it left out (the page's log after a reload has it all).
+# and says how much it left out (all of it stays stored with the run).
 LIVE_PUSH_CHARS = 200_000
-
 
 
 class BoardConsumer(AsyncWebsocketConsumer):
@@ -86,7 +85,7 @@ class CardConsumer(AsyncWebsocketConsumer):
         card = Card.objects.select_related("project", "agent", "current_run").filter(pk=self.card_id).first()
         if card is None:
             return '<section id="card-header" class="panel" hx-swap-oob="true"><p role="alert">This card was deleted.</p></section>'
-        context = {**card_context(card, with_diff="diff" in parts), "oob": True}
+        context = {**card_context(card, tuple(parts)), "oob": True}
         if "log" in parts:
             self.run_id = card.current_run_id
             self.seq = context["events"][-1].seq if context["events"] else 0

@@ -101,31 +101,33 @@ def _diff_html(card: Card) -> tuple[str, str]:
     return highlight(text, DiffLexer(), HtmlFormatter(nowrap=True)), note
 
 
-def card_context(card: Card, with_diff: bool = True) -> dict:
-    """What the card page needs: the card, its runs, the latest run's log tail, its commits and,
-    when asked, its highlighted diff."""
+# The card page's parts, as the partials of card_detail.html name them; "page" is what only the
+# full page shows (the runs table, the delete form).
+CARD_PARTS = ("header", "log", "commits", "diff", "page")
+
+
+def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
+    """What the card page needs for ``parts``, and only that: a push of the header, several times
+    a second while a run prints, must not read the log or run git."""
     run = card.current_run
-    events = []
-    if run:
-        events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0).order_by("-seq")[:LOG_TAIL])[::-1]
-    unlanded = 0
-    if card.branch and os.path.isdir(card.project.repo_path):
-        try:
-            unlanded = worktrees.unlanded_commits(card.project.repo_path, card.project.base_branch, card.branch)
-        except worktrees.GitError:
-            unlanded = 0
-    context = {
-        "unlanded": unlanded,
-        "card": card,
-        "run": run,
-        "runs": card.runs.select_related("agent").order_by("-id"),
-        "events": events,
-        "earlier": bool(events) and events[0].seq > 1,
-        "commits": _commits(card),
-        "can_start": not card.is_running and card.column != Column.DONE,
-    }
-    if with_diff:
+    context = {"card": card, "run": run, "can_start": not card.is_running and card.column != Column.DONE}
+    if "log" in parts:
+        events = []
+        if run:
+            events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0).order_by("-seq")[:LOG_TAIL])[::-1]
+        context.update(events=events, earlier=bool(events) and events[0].seq > 1)
+    if "commits" in parts:
+        context["commits"] = _commits(card)
+    if "diff" in parts:
         context["diff_html"], context["diff_note"] = _diff_html(card)
+    if "page" in parts:
+        unlanded = 0
+        if card.branch and os.path.isdir(card.project.repo_path):
+            try:
+                unlanded = worktrees.unlanded_commits(card.project.repo_path, card.project.base_branch, card.branch)
+            except worktrees.GitError:
+                unlanded = 0
+        context.update(unlanded=unlanded, runs=card.runs.select_related("agent").order_by("-id"))
     return context
 
 
