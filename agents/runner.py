@@ -106,6 +106,16 @@ def _trailers(run: Run) -> dict[str, str]:
     return {"Card": f"#{run.card_id}", "Run": str(run.pk)}
 
 
+def _checkpoint(run: Run, worktree: str, message: str) -> str | None:
+    """Commit everything uncommitted in the worktree on the card's branch, as the board, and
+    show it on the card; returns the new sha, or None when nothing had changed. Raises GitError,
+    e.g. with a failing hook's output."""
+    sha = worktrees.commit_all(worktree, message, _identity(), _trailers(run))
+    if sha:
+        run.emit("checkpoint", message, {"sha": sha})
+    return sha
+
+
 def _branch_commits(run: Run) -> list[str] | None:
     """The branch's commits since its base, oldest first; None when there is no worktree yet.
     A run cut off before it recorded its base commit uses the card's last recorded one."""
@@ -165,11 +175,7 @@ def _execute(run: Run) -> Outcome:
 
     # What the agent left uncommitted is its work too: commit it on the card's branch whatever the
     # outcome, so nothing is lost. A failing hook fails the run with the hook's output.
-    if worktrees.has_changes(tree.path):
-        message = f"Card #{card.pk}: {card.title}"
-        sha = worktrees.commit_all(tree.path, message, _identity(), _trailers(run))
-        if sha:
-            run.emit("checkpoint", message, {"sha": sha})
+    _checkpoint(run, tree.path, f"Card #{card.pk}: {card.title}")
     if outcome.state == RunState.SUCCEEDED:
         stat = worktrees.diffstat(tree.path, tree.base_commit)
         outcome.summary = "; ".join(part for part in (outcome.summary, stat) if part)
@@ -265,19 +271,14 @@ def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
     )
     state = run.agent_state or builtin.new_state(run.card.title, run.card.prompt)
 
-    def checkpoint(message: str) -> str | None:
-        sha = worktrees.commit_all(worktree, message, _identity(), _trailers(run))
-        if sha:
-            run.emit("checkpoint", message, {"sha": sha})
-        return sha
-
     def save_state(new_state: dict) -> None:
         Run.objects.filter(pk=run.pk).update(agent_state=new_state)
 
     env = agent_environment(run, _prompt_file(run))
     extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_", MARK_VARIABLE))}
     result = builtin.run(
-        state, Path(worktree), config, emit=run.emit, checkpoint=checkpoint, save_state=save_state,
+        state, Path(worktree), config, emit=run.emit,
+        checkpoint=lambda message: _checkpoint(run, worktree, message), save_state=save_state,
         should_stop=stop, extra_env=extra_env,
     )
     return Outcome(result.state, result.summary, result.error)
@@ -304,11 +305,10 @@ def delete_card(card: Card, delete_branch: bool = False, stop_wait: float = 15.0
     note = "It had no branch yet."
     if card.branch and os.path.isdir(project.repo_path):
         if card.worktree_path and os.path.isdir(card.worktree_path):
-            if worktrees.has_changes(card.worktree_path):
-                worktrees.commit_all(
-                    card.worktree_path, f"Card #{card.pk}: work left when the card was deleted", _identity(),
-                    {"Card": f"#{card.pk}"},
-                )
+            worktrees.commit_all(
+                card.worktree_path, f"Card #{card.pk}: work left when the card was deleted", _identity(),
+                {"Card": f"#{card.pk}"},
+            )
             worktrees.remove_worktree(project.repo_path, card.worktree_path)
         try:
             unlanded = worktrees.unlanded_commits(project.repo_path, project.base_branch, card.branch)
@@ -339,7 +339,7 @@ def sweep_worktrees() -> list[str]:
             for path, branch in listed:
                 if os.path.realpath(path) in owned:
                     continue
-                if branch and worktrees.has_changes(path):
+                if branch:
                     worktrees.commit_all(path, "Work recovered from a worktree no card owned", _identity())
                 worktrees.remove_worktree(project.repo_path, path)
                 removed.append(path)
@@ -358,11 +358,9 @@ def interrupt_orphans(is_alive, reason: str) -> int:
         kill_marked(run_mark(run.pk))
         card = run.card
         try:
-            if card.worktree_path and os.path.isdir(card.worktree_path) and worktrees.has_changes(card.worktree_path):
+            if card.worktree_path and os.path.isdir(card.worktree_path):
                 message = f"Recovery checkpoint: run {run.pk} of card #{card.pk} was interrupted"
-                sha = worktrees.commit_all(card.worktree_path, message, _identity(), _trailers(run))
-                if sha:
-                    run.emit("checkpoint", message, {"sha": sha})
+                if _checkpoint(run, card.worktree_path, message):
                     Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
         except worktrees.GitError as exc:
             run.emit("log", f"Could not commit the interrupted run's work, which stays in the worktree: {exc}")
