@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agents import builtin
+from agents import llm
 from agents.builtin import AgentResult, ModelConfig, ModelError, new_state, run, step
 from agents.tools import (
     OUTPUT_HEAD,
@@ -259,7 +259,7 @@ def test_missing_key_variable_fails_before_calling_the_model(repo, fake_llm, mon
 
 
 def test_server_error_is_retried_and_the_run_goes_on(repo, fake_llm, model_key, monkeypatch, litellm_loaded):
-    monkeypatch.setattr(builtin, "RETRY_BASE_WAIT", 0.01)
+    monkeypatch.setattr(llm, "RETRY_BASE_WAIT", 0.01)
     calls = {"n": 0}
 
     def flaky_first(body: dict) -> dict:
@@ -277,7 +277,7 @@ def test_server_error_is_retried_and_the_run_goes_on(repo, fake_llm, model_key, 
 
 
 def test_server_error_after_retries_fails_with_status(repo, fake_llm, model_key, monkeypatch, litellm_loaded):
-    monkeypatch.setattr(builtin, "RETRY_BASE_WAIT", 0.01)
+    monkeypatch.setattr(llm, "RETRY_BASE_WAIT", 0.01)
     server = fake_llm([{"status": 503, "error": "down for maintenance"}])
 
     result = agent_run(repo, config_for(server, model_key, num_retries=2), Recorder())
