@@ -16,7 +16,9 @@ import difflib
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,7 +36,15 @@ __all__ = [
     "write_file",
     "edit_file",
     "run_command",
+    "run_shell",
+    "show_diff",
+    "ask_lead",
     "finish",
+    "temp_index_git",
+    "changed_paths",
+    "syntax_errors",
+    "preview_change",
+    "needs_approval",
     "TOOLS",
     "TOOL_SCHEMAS",
     "READ_ONLY_TOOLS",
@@ -355,7 +365,24 @@ def run_command(
     extra_env: dict[str, str] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> str:
-    """Run ``command`` with ``bash -c`` in the worktree and return its exit status and output.
+    """Run ``command`` with ``bash -c`` in the worktree; return ``"exit status N"`` (or why it was
+    killed) and its output, as :func:`run_shell` describes. Raises :class:`ToolError` only for an
+    empty command or a bad timeout."""
+    return run_shell(root, command, timeout, extra_env=extra_env, should_stop=should_stop)[1]
+
+
+def run_shell(
+    root: Path,
+    command: str,
+    timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    *,
+    extra_env: dict[str, str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[int | None, str]:
+    """Run ``command`` with ``bash -c`` in the worktree; return ``(exit_code, text)``.
+
+    ``exit_code`` is None when the command was killed (timeout or stop). ``text`` starts with a
+    status line (``"exit status N"`` or the reason it was killed) followed by its output.
 
     The command has no stdin, a scrubbed environment (:func:`scrubbed_env` with ``extra_env``)
     and its own process group. ``timeout`` is in seconds (clamped to 1..:data:`MAX_COMMAND_TIMEOUT`);
@@ -439,9 +466,126 @@ def run_command(
         output = f"{kept_head}\n[... {cut} characters cut ...]\n{kept_tail}"
 
     status = reason or f"exit status {proc.returncode}"
+    code = None if reason else proc.returncode
     if not output.strip():
-        return f"{status}\n(no output)"
-    return f"{status}\n{output}"
+        return code, f"{status}\n(no output)"
+    return code, f"{status}\n{output}"
+
+
+def temp_index_git(root: Path, *args: str, timeout: float = 120) -> str | None:
+    """Run ``git <args>`` in ``root`` against a copy of its index that holds every file of the
+    working tree (``git add -A``: tracked and untracked, ignored files excluded); return stdout,
+    or None when git fails. The real index is neither changed nor locked, so this is safe while
+    an agent or the board uses the worktree. Used for fingerprints, diffs and changed-file lists
+    that include files the agent has not committed."""
+    env = {k: v for k, v in scrubbed_env().items() if not k.startswith("GIT_") or k in ("GIT_TERMINAL_PROMPT", "GIT_PAGER")}
+    try:
+        index = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-path", "index"],
+            cwd=root, capture_output=True, text=True, timeout=30, env=env, stdin=subprocess.DEVNULL,
+        )
+        if index.returncode != 0:
+            return None
+        with tempfile.TemporaryDirectory(prefix="agent-index-") as tmp:
+            temp_index = Path(tmp) / "index"
+            real_index = Path(index.stdout.strip())
+            if real_index.exists():
+                # Starting from the real index lets git reuse its cached file hashes.
+                shutil.copyfile(real_index, temp_index)
+            env["GIT_INDEX_FILE"] = str(temp_index)
+            for command in (["add", "-A", "--", "."], list(args)):
+                proc = subprocess.run(
+                    ["git", *command], cwd=root, capture_output=True, timeout=timeout, env=env,
+                    stdin=subprocess.DEVNULL,
+                )
+                if proc.returncode != 0:
+                    return None
+            return proc.stdout.decode("utf-8", errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def show_diff(root: Path, path: str = ".", *, base: str | None = None) -> str:
+    """The diff of the worktree (committed checkpoints and uncommitted files alike) against
+    ``base`` (the commit the run started from; ``HEAD`` when not given), limited to ``path``.
+
+    Capped like command output (head and tail kept). Raises :class:`ToolError` for a path
+    outside the worktree or a git failure."""
+    target = resolve_inside(root, path)
+    rel = _display(root, target)
+    out = temp_index_git(root, "diff", "--cached", "--no-color", "--stat", "--patch", base or "HEAD", "--", rel)
+    if out is None:
+        raise ToolError("git could not compute the diff")
+    return _cap_middle(out) if out.strip() else "no changes yet"
+
+
+def changed_paths(root: Path, base: str | None = None) -> list[str]:
+    """Paths (relative, POSIX) added, copied, modified or renamed in the worktree since ``base``
+    (default ``HEAD``), uncommitted files included; deleted files are not listed."""
+    out = temp_index_git(root, "diff", "--cached", "--name-only", "-z", "--diff-filter=ACMR", base or "HEAD")
+    return [name for name in (out or "").split("\0") if name]
+
+
+def syntax_errors(root: Path, paths: list[str]) -> list[str]:
+    """Python syntax errors in ``paths`` (relative to ``root``; files not ending in ``.py`` are
+    skipped), as ``"path:line: message"`` rows. Only compiles, never runs, the code."""
+    errors = []
+    for rel in paths:
+        if not rel.endswith(".py"):
+            continue
+        file = Path(root) / rel
+        try:
+            source = file.read_bytes()
+        except OSError:
+            continue
+        try:
+            compile(source, rel, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            errors.append(f"{rel}:{exc.lineno or '?'}: {exc.msg}")
+        except ValueError as exc:  # NUL bytes
+            errors.append(f"{rel}: {exc}")
+    return errors
+
+
+def preview_change(root: Path, name: str, arguments: dict) -> str:
+    """What ``write_file`` or ``edit_file`` with ``arguments`` would do, as a unified diff, without
+    doing it (shown to the lead when a change waits for approval). Raises :class:`ToolError` when
+    the call would fail anyway (bad path, no unique match), so it is not put to the lead."""
+    path = arguments.get("path")
+    target = resolve_inside(root, path)
+    rel = _display(root, target)
+    if name == "write_file":
+        content = arguments.get("content")
+        if not isinstance(content, str):
+            raise ToolError("content must be a string")
+        if target.is_dir():
+            raise ToolError(f"{path} is a directory")
+        old = _read_text(target, path) if target.exists() else ""
+        new = content
+    elif name == "edit_file":
+        old_text, new_text = arguments.get("old"), arguments.get("new")
+        if not isinstance(old_text, str) or not isinstance(new_text, str) or not old_text:
+            raise ToolError("old and new must be strings, and old must not be empty")
+        old = _read_text(target, path)
+        if old.count(old_text) != 1:
+            edit_file(root, path, old_text, new_text)  # raises the error the model should see
+        new = old.replace(old_text, new_text, 1)
+    else:
+        raise ToolError(f"{name} changes no file")
+    diff = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True),
+        fromfile=f"a/{rel}" if old else "/dev/null", tofile=f"b/{rel}",
+    )
+    return _cap_middle("".join(diff)) or f"{rel}: no change"
+
+
+def ask_lead(root: Path, question: str) -> str:
+    """Ask the lead a question; the loop waits for the answer, which becomes the tool's result.
+    Here it only validates: raises :class:`ToolError` for an empty question."""
+    if not isinstance(question, str) or not question.strip():
+        raise ToolError("question must be a non-empty string")
+    return question.strip()
+
 
 
 def finish(root: Path, summary: str) -> str:
@@ -464,11 +608,27 @@ TOOLS: dict[str, Callable[..., str]] = {
     "write_file": write_file,
     "edit_file": edit_file,
     "run_command": run_command,
+    "show_diff": show_diff,
+    "ask_lead": ask_lead,
     "finish": finish,
 }
 
 # Plan mode: the model may look but not touch.
-READ_ONLY_TOOLS = frozenset({"list_files", "read_file", "search_files", "finish"})
+READ_ONLY_TOOLS = frozenset({"list_files", "read_file", "search_files", "show_diff", "ask_lead", "finish"})
+# What an approval policy asks about (see needs_approval).
+COMMAND_TOOLS = frozenset({"run_command"})
+CHANGE_TOOLS = frozenset({"write_file", "edit_file"})
+
+
+def needs_approval(name: str, policy: str, *, external: bool = False) -> bool:
+    """Whether a call of tool ``name`` waits for the lead under ``policy``: ``"auto"`` never;
+    ``"commands"`` before run_command and tools of MCP servers (``external``), which can do
+    anything; ``"changes"`` also before write_file and edit_file."""
+    if policy == "commands":
+        return name in COMMAND_TOOLS or external
+    if policy == "changes":
+        return name in COMMAND_TOOLS or name in CHANGE_TOOLS or external
+    return False
 
 
 def _schema(name: str, description: str, properties: dict, required: list[str]) -> dict:
@@ -543,6 +703,19 @@ TOOL_SCHEMAS: list[dict] = [
         ["command"],
     ),
     _schema(
+        "show_diff",
+        "Show the diff of everything you changed so far in this run (committed or not).",
+        {"path": {"type": "string", "description": "Limit to this folder or file. Default '.'."}},
+        [],
+    ),
+    _schema(
+        "ask_lead",
+        "Ask the lead (the human who gave you the task) a question and wait for the answer. Use it "
+        "only when the task is ambiguous and guessing would waste work.",
+        {"question": {"type": "string", "description": "One clear question."}},
+        ["question"],
+    ),
+    _schema(
         "finish",
         "Call once the task is done (or cannot be done), with a short summary of what you changed.",
         {"summary": {"type": "string", "description": "One or two sentences."}},
@@ -569,6 +742,8 @@ def describe_call(name: str, arguments: dict | None) -> str:
         return f"search_files {str(args.get('pattern', ''))[:100]!r} in {str(args.get('path', '.'))[:100]}"
     if name == "finish":
         return f"finish: {str(args.get('summary', '')).strip()[:200]}"
+    if name == "ask_lead":
+        return f"ask_lead: {str(args.get('question', '')).strip()[:200]}"
     if name in ("list_files", "read_file", "write_file", "edit_file"):
         default = "." if name == "list_files" else ""
         path = str(args.get("path") or default)[:200]
@@ -588,13 +763,15 @@ def execute_tool(
     extra_env: dict[str, str] | None = None,
     should_stop: Callable[[], bool] | None = None,
     allowed: frozenset[str] | set[str] | None = None,
+    base: str | None = None,
 ) -> tuple[str, bool]:
     """Run the tool ``name`` with the JSON-encoded ``arguments_json`` in the worktree ``root``.
 
     Returns ``(output, is_error)``; never raises for anything the model can cause: malformed
     JSON, an unknown or not ``allowed`` tool (``None`` allows all), missing or unexpected
     arguments and :class:`ToolError` all come back as ``("error: …", True)``, so the model can
-    retry. ``extra_env`` and ``should_stop`` are passed to :func:`run_command`. An unexpected
+    retry. ``extra_env`` and ``should_stop`` are passed to :func:`run_command`, ``base`` (the
+    run's start commit) to :func:`show_diff`. An unexpected
     exception inside a tool (a bug, a full disk) is reported the same way, with its type.
     """
     if name not in TOOLS or (allowed is not None and name not in allowed):
@@ -610,6 +787,8 @@ def execute_tool(
     kwargs = dict(arguments)
     if name == "run_command":
         kwargs.update(extra_env=extra_env, should_stop=should_stop)
+    elif name == "show_diff":
+        kwargs.update(base=base)
     try:
         return func(Path(root), **kwargs), False
     except ToolError as exc:

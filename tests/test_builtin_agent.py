@@ -298,14 +298,14 @@ def test_plain_answer_is_nudged_once_then_counts_as_finish(repo, fake_llm, model
     assert [s["steps"] for s in rec.states] == [1, 2]
 
 
-def test_step_budget_exhausted_fails(repo, fake_llm, model_key, litellm_loaded):
+def test_reaching_the_step_budget_stops_the_run_cleanly(repo, fake_llm, model_key, litellm_loaded):
     read = {"tool_calls": [{"name": "read_file", "arguments": {"path": "README.md"}}]}
     server = fake_llm([read] * 10)
     rec = Recorder()
 
     result = agent_run(repo, config_for(server, model_key, max_steps=3), rec)
 
-    assert result == AgentResult("failed", "", "step budget of 3 exhausted")
+    assert result == AgentResult("stopped", "", "step budget of 3 reached")
     assert len(server.requests) == 3 and len(rec.states) == 3
 
 
@@ -345,10 +345,12 @@ def test_plan_mode_offers_only_read_only_tools(repo, fake_llm, model_key, litell
     result = agent_run(repo, config_for(server, model_key), Recorder(), state=new_state("Plan", "x", read_only=True))
 
     offered = {t["function"]["name"] for t in server.requests[0]["tools"]}
-    assert offered == {"list_files", "read_file", "search_files", "finish"}
+    assert offered == {"list_files", "read_file", "search_files", "show_diff", "ask_lead", "finish"}
     assert "unknown tool 'write_file'" in tool_messages(server.requests[1])[0]["content"]
     assert not (repo / "AGENT_NOTE.md").exists()
-    assert result.state == "succeeded"
+    # The plan the model finishes with waits for the lead instead of ending the run.
+    assert result.state == "waiting"
+    assert result.pending["kind"] == "plan" and result.pending["detail"] == "Added AGENT_NOTE.md"
 
 
 def test_step_leaves_the_given_state_untouched_and_raises_model_error(repo, model_key, litellm_loaded):
