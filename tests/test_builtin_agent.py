@@ -19,7 +19,19 @@ import psutil
 import pytest
 
 from agents import llm
-from agents.builtin import AgentResult, ModelConfig, ModelError, new_state, run, step
+from agents.builtin import (
+    AgentResult,
+    LoopOptions,
+    ModelConfig,
+    ModelError,
+    decide,
+    estimate_tokens,
+    fit_context,
+    follow_up,
+    new_state,
+    run,
+    step,
+)
 from agents.tools import (
     OUTPUT_HEAD,
     OUTPUT_TAIL,
@@ -589,3 +601,214 @@ def test_fake_llm_runs_as_a_script_and_prints_its_url(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# --------------------------------------------------------------------------- approvals, questions, plans, checks
+
+
+def call(name: str, **arguments) -> dict:
+    return {"name": name, "arguments": arguments}
+
+
+def answer(*calls: dict) -> dict:
+    return {"tool_calls": list(calls)}
+
+
+FINISH = answer(call("finish", summary="Done."))
+
+
+def test_a_command_waits_for_approval_and_runs_only_once_approved(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([answer(call("run_command", command="echo hi > out.txt")), FINISH])
+    rec = Recorder()
+    options = LoopOptions(approvals="commands")
+
+    result = agent_run(repo, config_for(server, model_key), rec, options=options)
+
+    assert result.state == "waiting"
+    assert result.pending["kind"] == "approval" and result.pending["detail"] == "echo hi > out.txt"
+    assert not (repo / "out.txt").exists() and len(server.requests) == 1
+    stored = rec.states[-1]
+    assert stored["pending"]["decision"] is None and len(stored["queue"]) == 1
+
+    result = agent_run(repo, config_for(server, model_key), rec, state=decide(stored, True), options=options)
+
+    assert result.state == "succeeded"
+    assert (repo / "out.txt").read_text() == "hi\n"
+    assert tool_messages(server.requests[1])[0]["content"].startswith("exit status 0")
+
+
+def test_a_denied_change_is_not_made_and_the_reason_goes_back_to_the_model(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([answer(call("write_file", path="NOTE.md", content="# Note\n")), FINISH])
+    rec = Recorder()
+    options = LoopOptions(approvals="changes")
+
+    waiting = agent_run(repo, config_for(server, model_key), rec, options=options)
+    assert waiting.pending["kind"] == "approval"
+    assert "+# Note" in waiting.pending["detail"] and "b/NOTE.md" in waiting.pending["detail"]
+
+    result = agent_run(repo, config_for(server, model_key), rec, state=decide(rec.states[-1], False, "not that file"),
+                       options=options)
+
+    assert result.state == "succeeded"
+    assert not (repo / "NOTE.md").exists()
+    assert "not that file" in tool_messages(server.requests[1])[0]["content"]
+
+
+def test_an_edit_that_cannot_apply_is_not_put_to_the_lead(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([answer(call("edit_file", path="src/app.py", old="nowhere", new="x")), FINISH])
+
+    result = agent_run(repo, config_for(server, model_key), Recorder(), options=LoopOptions(approvals="changes"))
+
+    assert result.state == "succeeded"
+    assert "not found" in tool_messages(server.requests[1])[0]["content"]
+
+
+def test_two_calls_in_one_answer_run_in_order_and_the_second_waits(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([
+        answer(call("write_file", path="a.txt", content="first\n"), call("run_command", command="cat a.txt")),
+        FINISH,
+    ])
+    rec = Recorder()
+    options = LoopOptions(approvals="commands")
+
+    waiting = agent_run(repo, config_for(server, model_key), rec, options=options)
+
+    assert waiting.pending["detail"] == "cat a.txt"
+    assert (repo / "a.txt").read_text() == "first\n"
+    assert len(rec.checkpoints) == 1  # the write before the wait is committed, not left hanging
+
+    agent_run(repo, config_for(server, model_key), rec, state=decide(rec.states[-1], True), options=options)
+
+    results = [m["content"] for m in tool_messages(server.requests[1])]
+    assert results[0].startswith("created a.txt") and "first" in results[1]
+
+
+def test_a_question_waits_for_the_lead_and_the_answer_goes_into_the_conversation(repo, fake_llm, model_key,
+                                                                                  litellm_loaded):
+    server = fake_llm([answer(call("ask_lead", question="Tabs or spaces?")), FINISH])
+    rec = Recorder()
+
+    waiting = agent_run(repo, config_for(server, model_key), rec)
+
+    assert waiting.pending["kind"] == "question" and waiting.pending["detail"] == "Tabs or spaces?"
+    result = agent_run(repo, config_for(server, model_key), rec, state=decide(rec.states[-1], True, "Spaces."))
+    assert result.state == "succeeded"
+    assert tool_messages(server.requests[1])[0]["content"] == "The lead answered: Spaces."
+
+
+def test_an_approved_plan_as_edited_switches_the_run_to_act_mode(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([
+        answer(call("finish", summary="1. Write NOTE.md")),
+        answer(call("write_file", path="NOTE.md", content="planned\n")),
+        FINISH,
+    ])
+    rec = Recorder()
+    waiting = agent_run(repo, config_for(server, model_key), rec, state=new_state("t", "p", read_only=True))
+    assert waiting.pending["kind"] == "plan"
+
+    state = decide(rec.states[-1], True, "1. Write NOTE.md saying planned")
+    result = agent_run(repo, config_for(server, model_key), rec, state=state)
+
+    assert result.state == "succeeded" and (repo / "NOTE.md").read_text() == "planned\n"
+    second = server.requests[1]
+    assert "write_file" in {t["function"]["name"] for t in second["tools"]}
+    assert second["messages"][0]["content"].startswith("You are a coding agent")
+    assert "1. Write NOTE.md saying planned" in tool_messages(second)[0]["content"]
+
+
+def test_a_denied_plan_asks_the_model_for_another_plan_in_plan_mode(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([answer(call("finish", summary="Plan A")), answer(call("finish", summary="Plan B"))])
+    rec = Recorder()
+    agent_run(repo, config_for(server, model_key), rec, state=new_state("t", "p", read_only=True))
+
+    result = agent_run(repo, config_for(server, model_key), rec, state=decide(rec.states[-1], False, "smaller"))
+
+    assert result.state == "waiting" and result.pending["detail"] == "Plan B"
+    assert "smaller" in tool_messages(server.requests[1])[0]["content"]
+    assert "write_file" not in {t["function"]["name"] for t in server.requests[1]["tools"]}
+
+
+def test_finish_is_refused_while_a_changed_python_file_does_not_compile(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([
+        answer(call("write_file", path="src/bad.py", content="def broken(:\n")),
+        FINISH,
+        answer(call("write_file", path="src/bad.py", content="def fixed():\n    return 1\n")),
+        FINISH,
+    ])
+    rec = Recorder()
+
+    result = agent_run(repo, config_for(server, model_key), rec)
+
+    assert result.state == "succeeded" and len(server.requests) == 4
+    refused = tool_messages(server.requests[2])[-1]["content"]
+    assert "src/bad.py:1" in refused and "finish again" in refused
+    assert [data["passed"] for kind, _, data in rec.events if kind == "check"] == [False, True]
+
+
+def test_the_check_command_must_pass_before_the_agent_may_finish(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([
+        answer(call("write_file", path="x.txt", content="x\n")),
+        FINISH,
+        answer(call("write_file", path="CHECKED", content="ok\n")),
+        FINISH,
+    ])
+    rec = Recorder()
+
+    result = agent_run(repo, config_for(server, model_key), rec,
+                       options=LoopOptions(check_command="test -f CHECKED || { echo missing CHECKED; exit 3; }"))
+
+    assert result.state == "succeeded"
+    refused = tool_messages(server.requests[2])[-1]["content"]
+    assert "missing CHECKED" in refused and "exit status 3" in refused
+    assert rec.states[-1]["check"]["passed"] is True
+
+
+def test_a_finish_without_changes_runs_no_check(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([FINISH])
+    rec = Recorder()
+
+    result = agent_run(repo, config_for(server, model_key), rec, options=LoopOptions(check_command="exit 1"))
+
+    assert result.state == "succeeded" and not rec.kinds("check")
+
+
+def test_show_diff_shows_uncommitted_and_checkpointed_changes_since_the_base(repo):
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    (repo / "src" / "app.py").write_text('def greet():\n    return "hi"\n')
+    subprocess.run(["git", "commit", "-qam", "checkpoint"], cwd=repo, check=True)
+    (repo / "new.txt").write_text("untracked\n")
+
+    out, is_error = execute_tool(repo, "show_diff", "{}", base=base)
+
+    assert not is_error
+    assert '+    return "hi"' in out and "+untracked" in out
+
+
+def test_old_tool_outputs_are_shortened_first_to_fit_the_context_window():
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "task " * 50}]
+    for i in range(10):
+        messages.append({"role": "assistant", "content": f"thinking {i}", "tool_calls": []})
+        messages.append({"role": "tool", "tool_call_id": str(i), "name": "read_file", "content": "x" * 6000})
+    window = 10_000
+
+    shortened = fit_context(messages, window)
+
+    assert shortened > 0
+    assert estimate_tokens(messages) <= window * 0.8
+    assert messages[1]["content"] == "task " * 50  # the task is kept whole
+    assert messages[-1]["content"] == "x" * 6000  # and so are the newest messages
+    assert "context window" in messages[3]["content"]
+    assert len(messages) == 22  # nothing is dropped: every tool call keeps its result
+
+
+def test_a_follow_up_continues_the_same_conversation(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm(EDIT_THEN_FINISH + [FINISH])
+    rec = Recorder()
+    agent_run(repo, config_for(server, model_key), rec)
+
+    result = agent_run(repo, config_for(server, model_key), rec, state=follow_up(rec.states[-1], "Also say hello."))
+
+    assert result.state == "succeeded"
+    last = server.requests[-1]["messages"]
+    assert last[-1] == {"role": "user", "content": "Also say hello."}
+    assert any(m.get("content") == "Finished." for m in last)  # the earlier conversation is there
