@@ -42,6 +42,12 @@ class Outcome:
     state: str
     summary: str = ""
     error: str = ""
+    pending: dict | None = None  # set when the run waits for the lead (state AWAITING_APPROVAL)
+    agent_state: dict | None = None
+
+
+# Tokens of context assumed for a model litellm does not know (most local models have 8k or more).
+DEFAULT_CONTEXT_WINDOW = 8192
 
 
 def execute(run_id: int) -> str | None:
@@ -67,6 +73,14 @@ def execute(run_id: int) -> str | None:
         except Exception:  # never let the cleanup keep the run from ending
             log.exception("could not end the leftover processes of run %s", run_id)
     commits = _branch_commits(run)
+    if outcome.state == RunState.AWAITING_APPROVAL:
+        # The run waits for the lead without holding this worker; a decision queues it again.
+        if commits is not None:
+            Run.objects.filter(pk=run.pk).update(commits=commits)
+        if run.wait_for_lead(outcome.agent_state or {}, outcome.pending or {}):
+            return outcome.state
+        run.refresh_from_db()
+        return run.state
     run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
     return outcome.state
 
@@ -102,15 +116,18 @@ def _identity() -> worktrees.Identity:
     return worktrees.Identity(settings.BOARD_GIT_NAME, settings.BOARD_GIT_EMAIL)
 
 
-def _trailers(run: Run) -> dict[str, str]:
-    return {"Card": f"#{run.card_id}", "Run": str(run.pk)}
+def _trailers(run: Run, step: int | None = None) -> dict[str, str]:
+    trailers = {"Card": f"#{run.card_id}", "Run": str(run.pk)}
+    if step is not None:
+        trailers["Step"] = str(step)
+    return trailers
 
 
-def _checkpoint(run: Run, worktree: str, message: str) -> str | None:
+def _checkpoint(run: Run, worktree: str, message: str, step: int | None = None) -> str | None:
     """Commit everything uncommitted in the worktree on the card's branch, as the board, and
     show it on the card; returns the new sha, or None when nothing had changed. Raises GitError,
     e.g. with a failing hook's output."""
-    sha = worktrees.commit_all(worktree, message, _identity(), _trailers(run))
+    sha = worktrees.commit_all(worktree, message, _identity(), _trailers(run, step))
     if sha:
         run.emit("checkpoint", message, {"sha": sha})
     return sha
@@ -176,6 +193,8 @@ def _execute(run: Run) -> Outcome:
     # What the agent left uncommitted is its work too: commit it on the card's branch whatever the
     # outcome, so nothing is lost. A failing hook fails the run with the hook's output.
     _checkpoint(run, tree.path, f"Card #{card.pk}: {card.title}")
+    if outcome.state == RunState.AWAITING_APPROVAL and stop():
+        return Outcome(RunState.STOPPED, error="stopped by the lead")
     if outcome.state == RunState.SUCCEEDED:
         stat = worktrees.diffstat(tree.path, tree.base_commit)
         outcome.summary = "; ".join(part for part in (outcome.summary, stat) if part)
@@ -217,11 +236,12 @@ def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
     identity, so that agents that commit do so as the board, whatever the machine's git config."""
     env = {k: v for k, v in os.environ.items() if k not in BOARD_SECRETS}
     card = run.card
+    prompt = run_prompt(run)
     env.update(
         CARD_ID=str(card.pk),
         CARD_TITLE=card.title,
         # Linux caps one variable at 128 KiB; a longer prompt is whole in CARD_PROMPT_FILE only.
-        CARD_PROMPT=card.prompt if len(card.prompt.encode()) < ENV_VALUE_LIMIT else card.prompt[: ENV_VALUE_LIMIT // 4] + "\n[… cut: the whole description is in CARD_PROMPT_FILE]",
+        CARD_PROMPT=prompt if len(prompt.encode()) < ENV_VALUE_LIMIT else prompt[: ENV_VALUE_LIMIT // 4] + "\n[… cut: the whole description is in CARD_PROMPT_FILE]",
         CARD_PROMPT_FILE=str(prompt_file),
         CARD_BRANCH=card.branch,
         RUN_ID=str(run.pk),
@@ -233,12 +253,20 @@ def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
     return env
 
 
+def run_prompt(run: Run) -> str:
+    """What a command agent is asked: the card's description, and the lead's follow-up when the
+    run is one."""
+    if not run.prompt:
+        return run.card.prompt
+    return f"{run.card.prompt}\n\nFollow-up from the lead (your earlier work is on this branch):\n{run.prompt}"
+
+
 def _prompt_file(run: Run) -> Path:
     # Outside the worktree, so that the prompt never ends up in the card's commits.
     folder = settings.RUNS_DIR / str(run.pk)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "prompt.md"
-    path.write_text(f"# {run.card.title}\n\n{run.card.prompt}\n", encoding="utf-8")
+    path.write_text(f"# {run.card.title}\n\n{run_prompt(run)}\n", encoding="utf-8")
     return path
 
 
@@ -259,29 +287,76 @@ def _run_command_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
 def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
     from agents import builtin
 
-    agent = run.agent
+    card = run.card
+    project = card.project
+    chosen = card.model_settings()
+    budget = run.budget or card.budget()
     config = builtin.ModelConfig(
-        model=agent.model,
-        api_base=agent.api_base or None,
-        api_key_env=agent.api_key_env or None,
+        model=chosen["model"],
+        api_base=chosen["api_base"] or None,
+        api_key_env=chosen["api_key_env"] or None,
         timeout=settings.BOARD_MODEL_TIMEOUT,
-        max_steps=settings.BOARD_MAX_STEPS,
+        max_steps=int(budget["steps"]),
         num_retries=settings.BOARD_MODEL_RETRIES,
-        max_seconds=settings.BOARD_RUN_TIMEOUT,
+        max_cost=budget.get("cost"),
+        max_seconds=budget["minutes"] * 60 if budget.get("minutes") else None,
     )
-    state = run.agent_state or builtin.new_state(run.card.title, run.card.prompt)
-
-    def save_state(new_state: dict) -> None:
-        Run.objects.filter(pk=run.pk).update(agent_state=new_state)
+    state = run.agent_state or _first_state(run)
+    run.save_progress(state)
 
     env = agent_environment(run, _prompt_file(run))
     extra_env = {k: v for k, v in env.items() if k.startswith(("CARD_", "RUN_ID", "GIT_", MARK_VARIABLE))}
+    options = builtin.LoopOptions(
+        approvals=card.effective_approvals,
+        check_command=project.check_command,
+        base_commit=run.base_commit or None,
+        context_window=context_window(project.context_window, config.model),
+    )
+    run.emit("step", f"Model {config.model}" + (f" at {config.api_base}" if config.api_base else "")
+             + f" ({chosen['source']} setting); approvals: {options.approvals}")
     result = builtin.run(
         state, Path(worktree), config, emit=run.emit,
-        checkpoint=lambda message: _checkpoint(run, worktree, message), save_state=save_state,
-        should_stop=stop, extra_env=extra_env,
+        checkpoint=lambda message: _checkpoint(run, worktree, message, run.steps), save_state=run.save_progress,
+        should_stop=stop, extra_env=extra_env, options=options,
     )
+    if result.state == "waiting":
+        return Outcome(RunState.AWAITING_APPROVAL, pending=result.pending, agent_state=run.agent_state)
     return Outcome(result.state, result.summary, result.error)
+
+
+def _first_state(run: Run) -> dict:
+    """The conversation a new run starts from: the previous run's, with the lead's follow-up, or
+    a new one; with the counters it starts from, so budgets and the card's figures are per run."""
+    from agents import builtin
+
+    previous = run.previous.agent_state if run.previous_id and run.previous else None
+    if previous and run.prompt:
+        state = builtin.follow_up(previous, run.prompt, read_only=run.mode == "plan")
+    else:
+        state = builtin.new_state(run.card.title, run.card.prompt, read_only=run.mode == "plan")
+    usage = state.get("usage") or {}
+    state["budget_base"] = {
+        "steps": int(state.get("steps", 0)),
+        "cost": float(usage.get("cost", 0.0)),
+        "tokens": int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)),
+        "seconds": float(state.get("seconds", 0.0)),
+    }
+    return state
+
+
+def context_window(configured: int | None, model: str) -> int:
+    """Tokens of context the built-in agent may use: the project's setting, else litellm's figure
+    for ``model`` (its local price and context list), else DEFAULT_CONTEXT_WINDOW."""
+    if configured:
+        return int(configured)
+    try:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        info = litellm.get_model_info(model)
+        return int(info.get("max_input_tokens") or info.get("max_tokens") or DEFAULT_CONTEXT_WINDOW)
+    except Exception:  # noqa: BLE001 - litellm raises a bare Exception for models it does not know
+        return DEFAULT_CONTEXT_WINDOW
 
 
 def delete_card(card: Card, delete_branch: bool = False, stop_wait: float = 15.0) -> str:

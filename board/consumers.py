@@ -12,7 +12,7 @@ from board.models import Card, Project
 from board.views import LOG_KINDS, board_context, card_context
 
 # Event kinds that change what a card shows on the board or in its detail.
-BOARD_KINDS = {"card", "state", "step", "log", "checkpoint"}
+BOARD_KINDS = {"card", "state", "step", "log", "checkpoint", "usage", "approval", "check"}
 # Characters of new output one push may carry to a card page; a flood beyond it shows its tail
 # and says how much it left out (all of it stays stored with the run).
 LIVE_PUSH_CHARS = 200_000
@@ -107,7 +107,7 @@ class CardConsumer(AsyncWebsocketConsumer):
                 shown, skipped = _tail_within(fresh, LIVE_PUSH_CHARS)
                 html += render_to_string("board/card_detail.html#log-push", {"events": shown, "skipped": skipped})
         kinds = {e["kind"] for e in events}
-        if kinds & {"state", "card", "checkpoint", "step", "log"}:  # the header shows the latest line
+        if kinds & BOARD_KINDS:  # the header shows the latest line
             parts = ["header"]
             ended = any(e["kind"] == "state" and e["text"] not in ("queued", "running") for e in events)
             if "checkpoint" in kinds or ended:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.db import models, transaction
 from django.db.models import F, Max
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -32,6 +33,19 @@ class RunState(models.TextChoices):
     INTERRUPTED = "interrupted", "interrupted"
 
 
+class Approvals(models.TextChoices):
+    """When the built-in agent waits for the lead (agents.tools.needs_approval)."""
+
+    AUTO = "auto", "Automatic"
+    COMMANDS = "commands", "Ask before running a command"
+    CHANGES = "changes", "Ask before every change"
+
+
+class Mode(models.TextChoices):
+    ACT = "act", "Act"
+    PLAN = "plan", "Plan first, act once approved"
+
+
 ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.AWAITING_APPROVAL)
 FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED, RunState.INTERRUPTED)
 
@@ -49,6 +63,34 @@ class Project(models.Model):
     )
     setup_command = models.TextField(
         blank=True, help_text="Run in each new worktree before the agent, such as npm ci. If it fails, the run fails."
+    )
+    # The built-in agent's model for this project's cards (a card may override it).
+    model = models.CharField(
+        max_length=200, blank=True,
+        help_text="litellm model string, such as openai/gpt-4o-mini or ollama_chat/qwen2.5-coder. "
+        "Empty: the agent's own model.",
+    )
+    api_base = models.CharField(max_length=500, blank=True, help_text="Endpoint URL, for local or self-hosted servers.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="NAME of the environment variable holding the key (never the key)."
+    )
+    context_window = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The model's context window in tokens; empty: litellm's figure, else 8192."
+    )
+    approvals = models.CharField(max_length=20, choices=Approvals.choices, default=Approvals.AUTO)
+    check_command = models.TextField(
+        blank=True,
+        help_text="Must pass before the agent may finish, such as ruff check . or npm run lint. "
+        "Changed Python files are always syntax-checked.",
+    )
+    max_steps = models.PositiveIntegerField(null=True, blank=True, help_text="Model calls per run; empty: the board's default.")
+    max_cost = models.DecimalField(
+        max_digits=10, decimal_places=2, null=True, blank=True, help_text="US dollars per run (litellm's prices)."
+    )
+    max_minutes = models.PositiveIntegerField(null=True, blank=True, help_text="Working minutes per run.")
+    mcp_servers = models.TextField(
+        blank=True,
+        help_text="MCP servers whose tools the built-in agent gets, one a line: name: command args, or name: https://url",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -130,6 +172,15 @@ class Card(models.Model):
         default=False, help_text="Files copied and setup command done in the worktree; redone until it is."
     )
     current_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.ACT)
+    # Overrides of the project's settings for this card; empty means the project's.
+    model = models.CharField(max_length=200, blank=True, help_text="Empty: the project's model.")
+    api_base = models.CharField(max_length=500, blank=True)
+    api_key_env = models.CharField(max_length=100, blank=True)
+    approvals = models.CharField(max_length=20, choices=Approvals.choices, blank=True, help_text="Empty: the project's.")
+    max_steps = models.PositiveIntegerField(null=True, blank=True)
+    max_cost = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    max_minutes = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -154,14 +205,48 @@ class Card(models.Model):
     def is_running(self) -> bool:
         return self.current_run is not None and self.current_run.state in ACTIVE_STATES
 
-    def start(self) -> Run:
+    def model_settings(self) -> dict:
+        """The built-in agent's model for this card: ``{"model", "api_base", "api_key_env",
+        "source"}`` from the card's override if it names a model, else the project's, else the
+        card's agent's; ``source`` says which ("card", "project", "agent"; "" when none is set)."""
+        for source, owner in (("card", self), ("project", self.project), ("agent", self.agent)):
+            if owner is not None and owner.model:
+                return {"model": owner.model, "api_base": owner.api_base, "api_key_env": owner.api_key_env,
+                        "source": source}
+        return {"model": "", "api_base": "", "api_key_env": "", "source": ""}
+
+    def budget(self) -> dict:
+        """This card's budget per run: ``{"steps": int, "cost": float | None (US dollars),
+        "minutes": int | None}``, each from the card, else the project, else the board's default
+        (settings.BOARD_MAX_STEPS; BOARD_RUN_TIMEOUT for the time)."""
+        from django.conf import settings
+
+        def pick(name):
+            value = getattr(self, name)
+            return value if value is not None else getattr(self.project, name)
+
+        cost = pick("max_cost")
+        minutes = pick("max_minutes")
+        return {
+            "steps": pick("max_steps") or settings.BOARD_MAX_STEPS,
+            "cost": float(cost) if cost is not None else None,
+            "minutes": minutes if minutes is not None else max(1, settings.BOARD_RUN_TIMEOUT // 60),
+        }
+
+    @property
+    def effective_approvals(self) -> str:
+        return self.approvals or self.project.approvals
+
+    def start(self, follow_up: str = "") -> Run:
         """Queue a run of the card's agent and move the card to In Progress.
 
-        The task is enqueued only after the transaction commits, with the run's id, so a worker never
-        sees a run that is not stored. Raises BoardError when the card is already running, is done,
-        or has no enabled agent."""
+        With ``follow_up`` (the lead's feedback on a card in Review), the new run goes on from the
+        latest run in the same worktree and branch, and, for the built-in agent, in the same
+        conversation. The task is enqueued only after the transaction commits, with the run's id,
+        so a worker never sees a run that is not stored. Raises BoardError when the card is already
+        running, is done, has no enabled agent, or its built-in agent has no model."""
         with transaction.atomic():
-            card = Card.objects.select_related("agent").get(pk=self.pk)
+            card = Card.objects.select_related("agent", "project").get(pk=self.pk)
             if card.runs.filter(state__in=ACTIVE_STATES).exists():
                 raise BoardError("This card is already running.")
             if card.column == Column.DONE:
@@ -170,7 +255,16 @@ class Card(models.Model):
                 raise BoardError("Choose an agent for this card first.")
             if not card.agent.enabled:
                 raise BoardError(f"The agent '{card.agent.name}' is not enabled.")
-            run = Run.objects.create(card=card, agent=card.agent, state=RunState.QUEUED)
+            if card.agent.kind == Agent.Kind.BUILTIN and not card.model_settings()["model"]:
+                raise BoardError("Set a model first: in the project's settings, or on this card.")
+            follow_up = follow_up.strip()
+            if follow_up and card.current_run_id is None:
+                raise BoardError("Start the card first; a follow-up goes on from a run.")
+            run = Run.objects.create(
+                card=card, agent=card.agent, state=RunState.QUEUED, prompt=follow_up,
+                mode=Mode.ACT if follow_up else card.mode, budget=card.budget(),
+                previous=card.current_run if follow_up else None,
+            )
             card.current_run = run
             card.save(update_fields=["current_run", "updated_at"])
             card.move_to(Column.IN_PROGRESS)
@@ -189,6 +283,15 @@ class Card(models.Model):
         self.position = (first or 0) - 1
         self.save(update_fields=["column", "position", "updated_at"])
         Event.record(self, self.current_run, "card", "moved", {"from": old, "to": column})
+
+    def follow_up(self, text: str) -> Run:
+        """Send the card back to its agent with the lead's ``text`` (see ``start``). Raises
+        BoardError for an empty text or a card that is not in Review."""
+        if not text.strip():
+            raise BoardError("Write what the agent should do next.")
+        if self.column != Column.REVIEW:
+            raise BoardError("Only a card in Review takes a follow-up.")
+        return self.start(follow_up=text)
 
     def stop(self) -> None:
         """Stop the card's run (see Run.request_stop); raises BoardError when nothing runs."""
@@ -220,6 +323,8 @@ class Card(models.Model):
             "commits": list(run.commits) if run else [],
             "summary": run.summary if run else "",
             "error": run.error if run else "",
+            "pending": run.pending if run else None,
+            "usage": {"steps": run.steps, "tokens": run.tokens, "cost": run.cost} if run else None,
         }
 
 
@@ -255,6 +360,14 @@ class Run(models.Model):
     error = models.TextField(blank=True)
     last_line = models.CharField(max_length=300, blank=True, help_text="The latest step or output line.")
     agent_state = models.JSONField(default=dict, blank=True, help_text="The built-in agent's stored conversation.")
+    prompt = models.TextField(blank=True, help_text="The lead's follow-up that started this run, if any.")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.ACT)
+    previous = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    pending = models.JSONField(null=True, blank=True, help_text="What waits for the lead: approval, question or plan.")
+    budget = models.JSONField(default=dict, blank=True, help_text="Card.budget() when the run was made.")
+    steps = models.IntegerField(default=0, help_text="Model calls in this run.")
+    tokens = models.IntegerField(default=0, help_text="Prompt and completion tokens in this run.")
+    cost = models.FloatField(default=0.0, help_text="US dollars in this run, litellm's accounting.")
     last_seq = models.IntegerField(default=0)
     stop_requested = models.BooleanField(default=False)
     worker_host = models.CharField(max_length=255, blank=True)
@@ -280,8 +393,9 @@ class Run(models.Model):
         """Atomically take a queued run for this worker; None when it is gone or someone else has it,
         so a redelivered task never runs an agent twice."""
         now = timezone.now()
+        # A run back from an approval keeps its first start.
         taken = cls.objects.filter(pk=run_id, state=RunState.QUEUED).update(
-            state=RunState.RUNNING, started_at=now, worker_host=host, worker_pid=pid
+            state=RunState.RUNNING, started_at=Coalesce(F("started_at"), now), worker_host=host, worker_pid=pid
         )
         if not taken:
             return None
@@ -297,17 +411,70 @@ class Run(models.Model):
         async_task("agents.tasks.execute_run", self.pk, task_name=f"run-{self.pk}")
 
     def request_stop(self) -> None:
-        """Ask the run to stop. A queued run ends ``stopped`` at once; a running one is stopped by
-        its worker, which polls ``stop_requested`` about once a second and kills the agent's whole
-        process group. A run that has ended is left as it is."""
+        """Ask the run to stop. A queued run, or one waiting for the lead (no worker holds it), ends
+        ``stopped`` at once; a running one is stopped by its worker, which polls ``stop_requested``
+        about once a second and kills the agent's whole process group. A run that has ended is left
+        as it is."""
         with transaction.atomic():
             state = Run.objects.values_list("state", flat=True).get(pk=self.pk)
-            if state == RunState.QUEUED:
+            if state in (RunState.QUEUED, RunState.AWAITING_APPROVAL):
                 self.refresh_from_db()
-                self.finish(RunState.STOPPED, error="Stopped before it started.")
+                started = self.started_at is not None
+                self.finish(RunState.STOPPED, error="Stopped by the lead." if started else "Stopped before it started.")
             elif state in ACTIVE_STATES:
                 Run.objects.filter(pk=self.pk).update(stop_requested=True)
                 self.emit("step", "Stop requested")
+
+    def save_progress(self, agent_state: dict) -> None:
+        """Store the built-in agent's state after a step, with the run's steps, tokens and cost
+        counted from ``agent_state["budget_base"]`` (what the conversation had used before this run)."""
+        base = agent_state.get("budget_base") or {}
+        usage = agent_state.get("usage") or {}
+        self.agent_state = agent_state
+        self.steps = int(agent_state.get("steps", 0)) - int(base.get("steps", 0))
+        self.tokens = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)) - int(base.get("tokens", 0))
+        self.cost = round(float(usage.get("cost", 0.0)) - float(base.get("cost", 0.0)), 6)
+        Run.objects.filter(pk=self.pk).update(agent_state=agent_state, steps=self.steps, tokens=self.tokens, cost=self.cost)
+
+    def wait_for_lead(self, agent_state: dict, pending: dict) -> bool:
+        """Park a running run until the lead decides on ``pending`` (an approval, a question or a
+        plan): it holds no worker meanwhile. Returns False when the run was no longer running
+        (stopped meanwhile)."""
+        with transaction.atomic():
+            if not Run.objects.filter(pk=self.pk, state=RunState.RUNNING).update(
+                state=RunState.AWAITING_APPROVAL, pending=pending, agent_state=agent_state, worker_host="", worker_pid=None
+            ):
+                return False
+            self.state, self.pending = RunState.AWAITING_APPROVAL, pending
+            self.emit("state", RunState.AWAITING_APPROVAL, {"pending": pending})
+        return True
+
+    def decide(self, approved: bool, text: str = "") -> None:
+        """The lead's decision on what the run waits for: approve (with ``text``: the answer to a
+        question, or the plan as edited) or deny (``text``: the reason, sent to the agent). The
+        run is queued again and goes on from its stored state on the next free worker. Raises
+        BoardError when the run is not waiting (decided already, or stopped)."""
+        from agents.builtin import decide  # the state's shape is the loop's business
+
+        with transaction.atomic():
+            run = Run.objects.select_for_update().get(pk=self.pk)
+            if run.state != RunState.AWAITING_APPROVAL or not run.pending:
+                raise BoardError("This run is not waiting for you any more.")
+            kind = run.pending.get("kind")
+            if kind == "question" and approved and not text.strip():
+                raise BoardError("Write an answer to the agent's question.")
+            state = decide(run.agent_state, approved, text.strip())
+            Run.objects.filter(pk=self.pk).update(state=RunState.QUEUED, pending=None, agent_state=state)
+            self.refresh_from_db()
+            if kind == "question":
+                said = f"Answered: {text.strip()}"
+            elif approved:
+                said = "Plan approved" if kind == "plan" else f"Approved: {run.pending.get('title', '')}"
+            else:
+                said = f"Denied: {run.pending.get('title', '')}" + (f" ({text.strip()})" if text.strip() else "")
+            self.emit("step", said[:2000])
+            self.emit("state", RunState.QUEUED)
+            transaction.on_commit(self.enqueue)
 
     def emit(self, kind: str, text: str = "", data: dict | None = None) -> Event:
         """Append one event to this run's stream (the next sequence number) and, for steps and
@@ -337,7 +504,8 @@ class Run(models.Model):
         if state not in FINAL_STATES:
             raise ValueError(f"{state!r} is not a final run state")
         with transaction.atomic():
-            fields = {"state": state, "summary": summary[:2000], "error": error[:4000], "ended_at": timezone.now()}
+            fields = {"state": state, "summary": summary[:2000], "error": error[:4000], "ended_at": timezone.now(),
+                      "pending": None}
             if commits is not None:
                 fields["commits"] = commits
             if not Run.objects.filter(pk=self.pk, state__in=ACTIVE_STATES).update(**fields):
