@@ -7,6 +7,7 @@ failed with a reason on the card: nothing stays "running".
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -332,6 +333,10 @@ def _first_state(run: Run) -> dict:
     previous = run.previous.agent_state if run.previous_id and run.previous else None
     if previous and run.prompt:
         state = builtin.follow_up(previous, run.prompt, read_only=run.mode == "plan")
+    elif previous and not previous.get("done"):
+        # A resume: on from the last stored step, a call still waiting for the lead included.
+        state = copy.deepcopy(previous)
+        state.pop("budget_base", None)
     else:
         state = builtin.new_state(run.card.title, run.card.prompt, read_only=run.mode == "plan")
     usage = state.get("usage") or {}

@@ -293,6 +293,32 @@ class Card(models.Model):
             raise BoardError("Only a card in Review takes a follow-up.")
         return self.start(follow_up=text)
 
+    def resume(self) -> Run:
+        """Go on with a run that was interrupted, stopped or failed: a new run in the same worktree
+        and branch that, for the built-in agent, continues from the last stored step (a command
+        agent is run again). Raises BoardError when there is nothing to resume."""
+        with transaction.atomic():
+            card = Card.objects.select_related("current_run").get(pk=self.pk)
+            last = card.current_run
+            if last is None or last.state not in (RunState.INTERRUPTED, RunState.STOPPED, RunState.FAILED):
+                raise BoardError("Only an interrupted, stopped or failed run can be resumed.")
+            if card.runs.filter(state__in=ACTIVE_STATES).exists():
+                raise BoardError("This card is already running.")
+            if card.agent is None or not card.agent.enabled:
+                raise BoardError("The card's agent is not enabled.")
+            if card.agent.kind == Agent.Kind.BUILTIN and not card.model_settings()["model"]:
+                raise BoardError("Set a model first: in the project's settings, or on this card.")
+            run = Run.objects.create(
+                card=card, agent=card.agent, state=RunState.QUEUED, mode=last.mode, budget=card.budget(), previous=last
+            )
+            card.current_run = run
+            card.save(update_fields=["current_run", "updated_at"])
+            card.move_to(Column.IN_PROGRESS)
+            run.emit("state", "queued", {"resumed": last.pk})
+            transaction.on_commit(run.enqueue)
+        self.refresh_from_db()
+        return run
+
     def stop(self) -> None:
         """Stop the card's run (see Run.request_stop); raises BoardError when nothing runs."""
         run = Run.objects.filter(pk=self.current_run_id).first()
