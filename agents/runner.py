@@ -403,6 +403,40 @@ def delete_card(card: Card, delete_branch: bool = False, stop_wait: float = 15.0
     return note
 
 
+def roll_back_card(card: Card, sha: str) -> str:
+    """Reset the card's branch to its checkpoint ``sha``; what is rolled back stays recoverable:
+    uncommitted work is committed first, and the branch's commit before the reset is kept as
+    ``refs/board/rollbacks/card-<id>/<n>``. The conversation of the built-in agent is told, so a
+    follow-up knows. Returns a sentence for the lead. Raises BoardError while the card runs or
+    has no worktree, GitError for a commit that is not a checkpoint of the card."""
+    card.refresh_from_db()
+    run = card.current_run
+    if card.is_running:
+        raise BoardError("Stop the card before rolling it back.")
+    if not (run and card.worktree_path and os.path.isdir(card.worktree_path)):
+        raise BoardError("This card has no worktree to roll back.")
+    base = run.base_commit or _branch_base(card)
+    worktrees.commit_all(card.worktree_path, f"Card #{card.pk}: work left before a roll-back", _identity(),
+                         {"Card": f"#{card.pk}"})
+    n = 1 + sum(1 for r in worktrees.refs_under(card.worktree_path, f"refs/board/rollbacks/card-{card.pk}/"))
+    keep = f"refs/board/rollbacks/card-{card.pk}/{n}"
+    saved = worktrees.roll_back(card.worktree_path, base, sha, keep)
+    note = f"Rolled back to {sha[:10]}; the previous state {saved[:10]} is kept as {keep}."
+    run.emit("checkpoint", note, {"sha": sha, "kept": keep})
+    Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
+    if run.agent_state and run.agent_state.get("messages"):
+        state = dict(run.agent_state)
+        state["messages"] = [*state["messages"], {"role": "user", "content": f"[The lead rolled the branch back to "
+                             f"commit {sha[:10]}; the changes after it were undone.]"}]
+        Run.objects.filter(pk=run.pk).update(agent_state=state)
+    return note
+
+
+def _branch_base(card: Card) -> str:
+    return Run.objects.filter(card_id=card.pk).exclude(base_commit="").order_by("-id").values_list(
+        "base_commit", flat=True).first() or ""
+
+
 def sweep_worktrees() -> list[str]:
     """Remove the worktrees under the board's data folder that no card owns, and only those:
     left by a crash or a reset database. Uncommitted work in one is first committed on its branch,

@@ -801,6 +801,37 @@ def new_commits(worktree_path: str, base_commit: str) -> list[Commit]:
     return commits
 
 
+def refs_under(repo_path: str, prefix: str) -> list[str]:
+    """Full names of the refs whose names start with ``prefix`` (such as ``refs/board/``)."""
+    out = _git(_abs(repo_path), "for-each-ref", "--format=%(refname)", prefix, doing="list refs", read_only=True).out
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def roll_back(worktree_path: str, base_commit: str, target: str, keep_ref: str) -> str:
+    """Reset the worktree's branch to ``target``, one of its commits since ``base_commit`` (or
+    the base commit itself), keeping what is rolled back recoverable: the branch's current
+    commit is first saved as the ref ``keep_ref`` (such as ``refs/board/rollbacks/card-7/1``).
+    Only the board's own worktree is touched, never the user's checkout. The caller commits
+    uncommitted work first (``commit_all``), or it is lost with the reset.
+
+    Returns the saved commit's sha. Raises :class:`GitError` when ``target`` is not on the
+    branch since its base, or ``keep_ref`` is not a valid new ref name under ``refs/``.
+    """
+    wt = _worktree(worktree_path)
+    base = _check_commit(wt, base_commit)
+    sha = _check_commit(wt, target)
+    if not keep_ref.startswith("refs/") or _git(wt, "check-ref-format", keep_ref, check=False, read_only=True).status:
+        raise GitError(f"'{keep_ref}' is not a valid ref name.")
+    on_branch = sha == base or any(c.sha == sha for c in new_commits(wt, base))
+    if not on_branch:
+        raise GitError(f"Commit {target[:12]} is not one of the card's checkpoints.")
+    head = _git(wt, "rev-parse", "HEAD", doing="read the branch's commit", read_only=True).out.strip()
+    # update-ref with an empty old value refuses to overwrite an existing ref.
+    _git(wt, "update-ref", keep_ref, head, "", doing=f"keep {head[:12]} as {keep_ref}")
+    _git(wt, "reset", "--hard", "--quiet", sha, doing=f"reset the card's branch to {sha[:12]}")
+    return head
+
+
 def diff_against_base(repo_path: str, base_branch: str, branch: str) -> str:
     """Unified diff of ``branch`` against where it left ``base_branch``.
 

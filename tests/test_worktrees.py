@@ -735,3 +735,34 @@ def test_concurrent_commits_in_one_worktree_wait_for_each_others_index_lock(repo
     assert wt.has_changes(made.path) is False
     committed = git(made.path, "ls-files")
     assert all(f"w{n}-{i}.txt" in committed for n in range(8) for i in range(4))
+
+
+def test_roll_back_resets_the_card_branch_and_keeps_the_rolled_back_commit(make_repo, tmp_path):
+    repo = make_repo()
+    tree = wt.ensure_worktree(str(repo), "main", "agent/1-x", str(tmp_path / "wt"))
+    identity = wt.Identity("Board", "board@example.invalid")
+    (Path(tree.path) / "a.txt").write_text("a\n")
+    first = wt.commit_all(tree.path, "Step 1", identity)
+    (Path(tree.path) / "b.txt").write_text("b\n")
+    second = wt.commit_all(tree.path, "Step 2", identity)
+
+    saved = wt.roll_back(tree.path, tree.base_commit, first, "refs/board/rollbacks/card-1/1")
+
+    assert saved == second
+    assert git(tree.path, "rev-parse", "HEAD").strip() == first
+    assert not (Path(tree.path) / "b.txt").exists()
+    assert git(str(repo), "rev-parse", "refs/board/rollbacks/card-1/1").strip() == second
+    assert wt.refs_under(str(repo), "refs/board/rollbacks/card-1/") == ["refs/board/rollbacks/card-1/1"]
+    assert git(str(repo), "rev-parse", "main").strip() == tree.base_commit, "the base branch is untouched"
+
+
+def test_roll_back_refuses_a_commit_that_is_not_a_checkpoint_of_the_branch(make_repo, tmp_path):
+    repo = make_repo()
+    tree = wt.ensure_worktree(str(repo), "main", "agent/1-x", str(tmp_path / "wt"))
+    git(str(repo), "commit", "-q", "--allow-empty", "-m", "on main later")
+    elsewhere = git(str(repo), "rev-parse", "main").strip()
+
+    with pytest.raises(wt.GitError, match="not one of the card's checkpoints"):
+        wt.roll_back(tree.path, tree.base_commit, elsewhere, "refs/board/rollbacks/card-1/1")
+    with pytest.raises(wt.GitError, match="not a valid ref"):
+        wt.roll_back(tree.path, tree.base_commit, tree.base_commit, "refs/board/bad name")
