@@ -6,16 +6,33 @@ assistant messages already in the request's ``messages``, so several conversatio
 at once against one server and a resumed conversation picks up where it was. A reply is a
 dict:
 
-- ``{"tool_calls": [{"name": "write_file", "arguments": {...}}], "content": "optional"}``;
-  ``arguments`` may also be a string, sent as is (to test malformed JSON);
+- ``{"tool_calls": [{"name": "write_file", "arguments": {...}, "id": "optional"}],
+  "content": "optional"}``; ``arguments`` may also be a string, sent as is (to test
+  malformed JSON); ids default to ``call_<request number>_<index>``;
 - ``{"content": "plain text"}``;
-- ``{"delay": seconds, ...}``: sleep first, then answer with the rest (to test timeouts);
+- ``{"delay": seconds, ...}``: sleep before sending anything, then answer with the rest (a
+  server that never answers, to test timeouts);
+- ``{"stall": seconds, ...}``: send the 200 headers (of an SSE stream when the request asked
+  to stream, of a JSON body otherwise), then sleep, then send the rest of the answer;
+- ``{"trickle": seconds, ...}``: send the 200 headers, then every second one keep-alive
+  (a space in a JSON body, an SSE comment line ``: keep-alive`` in a stream) for that long,
+  then the rest of the answer; a per-read timeout never fires on it;
 - ``{"status": 500, "error": "message"}``: answer with that HTTP status and an OpenAI-style
-  error body.
+  error body; ``"retry_after": seconds`` adds a ``Retry-After`` header (429 and 503 replies);
+- ``{"raw": "<html>…</html>", "content_type": "text/html"}``: send that body as is with
+  status 200 (or ``"status"``), whatever the request asked (a proxy's page, a wrong URL).
+
+Streaming: a request with ``"stream": true`` gets the answer as server-sent events in
+OpenAI's ``chat.completion.chunk`` format (``data: {...}`` lines): a first chunk with the
+role, the content in several pieces, each tool call announced with its ``index``, ``id`` and
+name and then its arguments split over several chunks, a last chunk with the
+``finish_reason``, a final usage chunk (empty ``choices``) when the request's
+``stream_options.include_usage`` is true, then ``data: [DONE]``.
 
 A reply may also be a callable ``f(request_body: dict) -> reply``. Past the end of the
 script the server answers a plain text saying so. Responses carry ``usage``.
-``GET /v1/models`` lists one model, ``fake-model``.
+``GET /v1/models`` lists one model, ``fake-model``. :meth:`FakeLLM.stop` returns promptly
+even while replies are sleeping: they wake up, and their connections are dropped.
 
 Library use::
 
@@ -84,6 +101,8 @@ class FakeLLM:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Set by stop(): sleeping replies wake up on it instead of outliving the server.
+        self.stopping = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -99,6 +118,7 @@ class FakeLLM:
         class Handler(_Handler):
             owner = fake
 
+        self.stopping.clear()
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True  # a delayed reply must not hold up stop()
         server = self._server
@@ -110,7 +130,9 @@ class FakeLLM:
         return self.base_url
 
     def stop(self) -> None:
-        """Stop serving and close the socket; replies still sleeping are abandoned."""
+        """Stop serving and close the socket; replies still sleeping wake up and drop their
+        connections without answering."""
+        self.stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -137,8 +159,8 @@ class FakeLLM:
         reply = self.script[n]
         return reply(body) if callable(reply) else reply
 
-    def completion(self, body: dict, reply: dict, n_request: int) -> dict:
-        """Build an OpenAI chat.completion body from a script reply."""
+    def message(self, reply: dict, n_request: int) -> dict:
+        """The assistant message a script reply stands for (OpenAI format, arguments as strings)."""
         message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
         calls = []
         for i, call in enumerate(reply.get("tool_calls") or []):
@@ -155,44 +177,130 @@ class FakeLLM:
             )
         if calls:
             message["tool_calls"] = calls
+        return message
+
+    @staticmethod
+    def usage(body: dict, message: dict) -> dict:
         prompt_tokens = _count_tokens(body.get("messages"))
         completion_tokens = _count_tokens(message)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def completion(self, body: dict, reply: dict, n_request: int) -> dict:
+        """Build an OpenAI chat.completion body from a script reply."""
+        message = self.message(reply, n_request)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model") or self.model,
             "choices": [
-                {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if "tool_calls" in message else "stop"}
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": self.usage(body, message),
         }
+
+    def chunks(self, body: dict, reply: dict, n_request: int) -> list[dict]:
+        """The same answer as OpenAI ``chat.completion.chunk`` objects, in sending order.
+
+        Content comes in three pieces; each tool call first with its index, id, name and
+        empty arguments, then its arguments in three pieces (so a client must join them);
+        a usage chunk with empty ``choices`` ends it when ``stream_options.include_usage``.
+        """
+        message = self.message(reply, n_request)
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model") or self.model,
+        }
+
+        def chunk(delta: dict, finish: str | None = None) -> dict:
+            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        for piece in _pieces(message.get("content") or ""):
+            out.append(chunk({"content": piece}))
+        calls = message.get("tool_calls") or []
+        for i, call in enumerate(calls):
+            name = call["function"]["name"]
+            out.append(chunk({"tool_calls": [
+                {"index": i, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}
+            ]}))
+            for piece in _pieces(call["function"]["arguments"]):
+                out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+        out.append(chunk({}, "tool_calls" if calls else "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            out.append({**head, "choices": [], "usage": self.usage(body, message)})
+        return out
+
+
+def _pieces(text: str, n: int = 3) -> list[str]:
+    """``text`` cut into ``n`` nearly equal, non-empty pieces (fewer when it is shorter)."""
+    if not text:
+        return []
+    size = max(1, -(-len(text) // n))
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.0: every answer ends by closing the connection, so a stalled or trickled body
+    # needs no Content-Length and a stream needs no chunked encoding.
     owner: FakeLLM
     server_version = "FakeLLM/1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # keep test output clean
 
-    def _send(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:
             pass  # the client gave up (a timeout test); nothing to tell it
 
-    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-        self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error",
+               headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}}, headers)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless the server stops first; True when it did stop (drop the answer)."""
+        return self.owner.stopping.wait(max(0.0, seconds))
+
+    def _send_slowly(self, reply: dict, stream: bool, body_parts: list[bytes]) -> None:
+        """Headers now; then the stall or the trickle; then ``body_parts``."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.flush()
+            if reply.get("stall") and self._sleep(float(reply["stall"])):
+                return
+            if reply.get("trickle"):
+                keep_alive = b": keep-alive\n\n" if stream else b" "
+                until = time.monotonic() + float(reply["trickle"])
+                while time.monotonic() < until:
+                    self.wfile.write(keep_alive)
+                    self.wfile.flush()
+                    if self._sleep(min(1.0, until - time.monotonic())):
+                        return
+            for part in body_parts:
+                self.wfile.write(part)
+            self.wfile.flush()
+        except OSError:
+            pass  # the client gave up, which is what these replies are for
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         if self.path.rstrip("/") in ("/v1/models", "/models"):
@@ -220,18 +328,30 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
             self._error(401, "Incorrect API key provided.", "invalid_api_key")
             return
-        if body.get("stream"):
-            self._error(400, "the fake model does not stream")
-            return
         reply = owner.reply_for(body)
-        if reply.get("delay"):
-            time.sleep(float(reply["delay"]))
+        if reply.get("delay") and self._sleep(float(reply["delay"])):
+            return
+        if "raw" in reply:
+            raw = reply["raw"]
+            data = raw.encode() if isinstance(raw, str) else bytes(raw)
+            self._send_bytes(int(reply.get("status") or 200), data, str(reply.get("content_type") or "text/html"))
+            return
         if reply.get("status") and int(reply["status"]) >= 400:
             status = int(reply["status"])
             kind = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}.get(status, "server_error")
-            self._error(status, str(reply.get("error") or f"scripted error {status}"), kind)
+            headers = {"Retry-After": f"{reply['retry_after']:g}"} if "retry_after" in reply else None
+            self._error(status, str(reply.get("error") or f"scripted error {status}"), kind, headers)
             return
-        self._send(200, owner.completion(body, reply, n_request))
+        stream = bool(body.get("stream"))
+        if stream:
+            parts = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in owner.chunks(body, reply, n_request)]
+            parts.append(b"data: [DONE]\n\n")
+        else:
+            parts = [json.dumps(owner.completion(body, reply, n_request)).encode()]
+        if stream or reply.get("stall") or reply.get("trickle"):
+            self._send_slowly(reply, stream, parts)
+        else:
+            self._send_bytes(200, parts[0], "application/json")
 
 
 def main(argv: list[str] | None = None) -> int:
