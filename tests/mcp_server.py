@@ -88,6 +88,19 @@ def where() -> str:
     return f"{os.getcwd()}|{os.environ.get('BOARD_TEST_VALUE', '')}"
 
 
+# Names a model provider would refuse: the client must rename them and still reach them.
+@server.tool(name="docs.search/v2")
+def dotted(query: str) -> str:
+    """Echo the query (a tool whose name has a dot and a slash)."""
+    return f"found {query}"
+
+
+@server.tool(name="a_tool_name_long_enough_that_the_prefixed_name_passes_sixty_four_chars")
+def long_named() -> str:
+    """Say hello (a tool whose name is too long once prefixed)."""
+    return "hello from the long name"
+
+
 @server.tool()
 def spawn_helper() -> int:
     """Start a long-sleeping helper process in the server's process group; return its pid.
