@@ -8,7 +8,7 @@ import re
 from django import forms
 
 from agents import worktrees
-from board.models import Agent, Project
+from board.models import Agent, Approvals, Card, Mode, Project
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
@@ -90,6 +90,165 @@ class ProjectForm(forms.ModelForm):
         return data
 
 
+def clean_env_name(value: str) -> str:
+    """An environment variable's NAME (or empty); a value that looks like a key is refused."""
+    value = (value or "").strip()
+    if value and not ENV_NAME.match(value):
+        raise forms.ValidationError("Give the NAME of an environment variable (such as OPENAI_API_KEY), not the key itself.")
+    return value
+
+
+def clean_api_base(value: str) -> str:
+    """An http(s) URL without spaces, or empty."""
+    value = (value or "").strip()
+    if value and not re.match(r"^https?://[^\s/]+\S*$", value):
+        raise forms.ValidationError("The API base must be an http:// or https:// URL, such as http://127.0.0.1:11434.")
+    return value
+
+
+def clean_model(value: str) -> str:
+    """A litellm model string: printable, no spaces (``provider/model``)."""
+    value = (value or "").strip()
+    if value and (not value.isprintable() or any(ch.isspace() for ch in value)):
+        raise forms.ValidationError("A model name has no spaces, such as openai/gpt-4o-mini or ollama_chat/qwen2.5-coder.")
+    return value
+
+
+MODEL_HELP = "litellm model string: openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, ollama_chat/qwen2.5-coder, openai/<name> for any OpenAI-compatible server."
+
+
+class ModelFieldsMixin:
+    """Cleaning shared by every form that names a model, its API base and its key variable."""
+
+    def clean_model(self):
+        return clean_model(self.cleaned_data.get("model", ""))
+
+    def clean_api_base(self):
+        return clean_api_base(self.cleaned_data.get("api_base", ""))
+
+    def clean_api_key_env(self):
+        return clean_env_name(self.cleaned_data.get("api_key_env", ""))
+
+
+class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
+    """A project's settings: branches, worktree preparation, and the built-in agent's model,
+    approvals, check command, budgets and MCP servers. The base branch must exist."""
+
+    class Meta:
+        model = Project
+        fields = [
+            "name", "base_branch", "branch_prefix", "copy_files", "setup_command",
+            "model", "api_base", "api_key_env", "context_window", "approvals", "check_command",
+            "max_steps", "max_cost", "max_minutes", "mcp_servers",
+        ]
+        labels = {
+            "copy_files": "Files to copy", "setup_command": "Setup command", "api_base": "API base URL",
+            "api_key_env": "API key environment variable", "context_window": "Context window (tokens)",
+            "check_command": "Check command", "max_steps": "Step budget", "max_cost": "Cost budget (US $)",
+            "max_minutes": "Time budget (minutes)", "mcp_servers": "MCP servers",
+        }
+        widgets = {
+            "copy_files": forms.Textarea(attrs={"rows": 2}), "setup_command": forms.Textarea(attrs={"rows": 1}),
+            "check_command": forms.Textarea(attrs={"rows": 1}), "mcp_servers": forms.Textarea(attrs={"rows": 3}),
+        }
+        help_texts = {"model": MODEL_HELP}
+
+    def clean_name(self):
+        name = printable(self.cleaned_data["name"])
+        if not name:
+            raise forms.ValidationError("Give the project a name.")
+        return name
+
+    def clean_branch_prefix(self):
+        prefix = self.cleaned_data["branch_prefix"].strip()
+        if not prefix or worktrees.branch_name(prefix, 1, "x") != f"{prefix}/1-x":
+            raise forms.ValidationError("Use letters, digits, '-', '_' and '/' only in the branch prefix.")
+        return prefix
+
+    def clean_base_branch(self):
+        base = self.cleaned_data["base_branch"].strip()
+        try:
+            worktrees.resolve_base(self.instance.repo_path, base)
+        except worktrees.GitError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return base
+
+    def clean_context_window(self):
+        value = self.cleaned_data.get("context_window")
+        if value is not None and value < 1024:
+            raise forms.ValidationError("A context window under 1,024 tokens cannot hold the agent's instructions.")
+        return value
+
+    def clean_mcp_servers(self):
+        from agents.mcp_tools import parse_servers
+
+        text = self.cleaned_data.get("mcp_servers", "")
+        try:
+            parse_servers(text)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return text
+
+    def clean_max_cost(self):
+        value = self.cleaned_data.get("max_cost")
+        if value is not None and value <= 0:
+            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for none.")
+        return value
+
+
+class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
+    """A card's own settings, each overriding the project's when set."""
+
+    class Meta:
+        model = Card
+        fields = ["mode", "model", "api_base", "api_key_env", "approvals", "max_steps", "max_cost", "max_minutes"]
+        labels = {
+            "mode": "Mode", "model": "Model override", "api_base": "API base URL",
+            "api_key_env": "API key environment variable", "approvals": "Approvals",
+            "max_steps": "Step budget", "max_cost": "Cost budget (US $)", "max_minutes": "Time budget (minutes)",
+        }
+        help_texts = {"max_steps": "Empty: the project's.", "max_cost": "Empty: the project's.",
+                      "max_minutes": "Empty: the project's."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        project = self.instance.project
+        self.fields["approvals"].choices = [("", f"Project's ({project.get_approvals_display().lower()})"),
+                                            *Approvals.choices]
+        self.fields["model"].help_text = f"Empty: the project's ({project.model or 'none set'})."
+
+    def clean_max_cost(self):
+        value = self.cleaned_data.get("max_cost")
+        if value is not None and value <= 0:
+            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for the project's.")
+        return value
+
+
+class ModelTestForm(ModelFieldsMixin, forms.Form):
+    """The model to try with one small real call (the models page's Test button)."""
+
+    model = forms.CharField(max_length=200, error_messages={"required": "Name a model to test."})
+    api_base = forms.CharField(max_length=500, required=False)
+    api_key_env = forms.CharField(max_length=100, required=False)
+
+
+class DecisionForm(forms.Form):
+    """The lead's answer to a run waiting for them: approve or deny, with a text (the answer, the
+    edited plan or the reason)."""
+
+    decision = forms.ChoiceField(choices=[("approve", "Approve"), ("deny", "Deny")])
+    text = forms.CharField(required=False, max_length=PROMPT_LIMIT, strip=True)
+
+
+class FollowUpForm(forms.Form):
+    """Feedback that sends a card in Review back to its agent."""
+
+    text = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), max_length=PROMPT_LIMIT, label="Follow-up",
+        error_messages={"required": "Write what the agent should do next."},
+    )
+
+
 class AgentForm(forms.ModelForm):
     """Add an agent: a command line (``kind=command``) or the built-in loop on a litellm model
     (``kind=builtin``)."""
@@ -112,26 +271,19 @@ class AgentForm(forms.ModelForm):
         return name
 
     def clean_api_key_env(self):
-        value = self.cleaned_data["api_key_env"].strip()
-        if value and not ENV_NAME.match(value):
-            raise forms.ValidationError(
-                "Give the NAME of an environment variable (such as OPENAI_API_KEY), not the key itself."
-            )
-        return value
+        return clean_env_name(self.cleaned_data["api_key_env"])
 
     def clean_api_base(self):
-        value = self.cleaned_data["api_base"].strip()
-        if value and not re.match(r"^https?://\S+$", value):
-            raise forms.ValidationError("The API base must be an http:// or https:// URL.")
-        return value
+        return clean_api_base(self.cleaned_data["api_base"])
+
+    def clean_model(self):
+        return clean_model(self.cleaned_data["model"])
 
     def clean(self):
         data = super().clean()
         kind = data.get("kind")
         if kind == Agent.Kind.COMMAND and not (data.get("command") or "").strip():
             self.add_error("command", "A command agent needs a command line.")
-        if kind == Agent.Kind.BUILTIN and not (data.get("model") or "").strip():
-            self.add_error("model", "The built-in agent needs a model, such as openai/gpt-4o-mini or ollama_chat/qwen2.5-coder.")
         return data
 
 
@@ -152,6 +304,8 @@ class CardForm(forms.Form):
         to_field_name="name",
         error_messages={"invalid_choice": "Choose one of the enabled agents (see the Agents page)."},
     )
+    mode = forms.ChoiceField(choices=Mode.choices, initial=Mode.ACT, required=False,
+                             help_text="Plan first: the built-in agent only reads, and you approve its plan.")
 
     def clean_title(self):
         title = printable(self.cleaned_data["title"])

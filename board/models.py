@@ -191,12 +191,14 @@ class Card(models.Model):
         return f"#{self.pk} {self.title}"
 
     @classmethod
-    def create(cls, project: Project, title: str, prompt: str, agent: Agent | None) -> Card:
-        """A new card at the end of the Backlog, announced to open boards."""
+    def create(cls, project: Project, title: str, prompt: str, agent: Agent | None, mode: str = Mode.ACT) -> Card:
+        """A new card at the end of the Backlog, announced to open boards. ``mode`` is "act" or
+        "plan" (the built-in agent plans first and waits for the lead's approval)."""
         with transaction.atomic():
             last = project.cards.filter(column=Column.BACKLOG).aggregate(m=Max("position"))["m"]
             card = cls.objects.create(
-                project=project, title=title, prompt=prompt, agent=agent, position=(last or 0) + 1
+                project=project, title=title, prompt=prompt, agent=agent, position=(last or 0) + 1,
+                mode=mode or Mode.ACT,
             )
             Event.record(card, None, "card", "created", {"to": card.column})
         return card

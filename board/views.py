@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count
 from django.http import HttpResponse
@@ -16,8 +17,17 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import DiffLexer
 
 from agents import runner, worktrees
-from board.forms import AgentForm, CardForm, ProjectForm
-from board.models import Agent, BoardError, Card, Column, Project
+from board.forms import (
+    AgentForm,
+    CardForm,
+    CardSettingsForm,
+    DecisionForm,
+    FollowUpForm,
+    ModelTestForm,
+    ProjectForm,
+    ProjectSettingsForm,
+)
+from board.models import Agent, BoardError, Card, Column, Project, Run
 
 LOG_KINDS = ("log", "step", "state")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens; the rest stays in the table
@@ -64,7 +74,8 @@ def card_create(request, project_id):
     form = CardForm(request.POST)
     if not form.is_valid():
         return render(request, "board/board.html#card-form", {"project": project, "form": form}, status=422)
-    card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"])
+    card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
+                       form.cleaned_data.get("mode") or "act")
     if request.htmx:
         # The new card goes into the Backlog at once; the push that follows replaces it by id.
         form = CardForm(initial={"agent": card.agent.name})
@@ -110,7 +121,10 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
     """What the card page needs for ``parts``, and only that: a push of the header, several times
     a second while a run prints, must not read the log or run git."""
     run = card.current_run
-    context = {"card": card, "run": run, "can_start": not card.is_running and card.column != Column.DONE}
+    context = {
+        "card": card, "run": run, "can_start": not card.is_running and card.column != Column.DONE,
+        "can_resume": bool(run and run.state in ("interrupted", "stopped", "failed")),
+    }
     if "log" in parts:
         events = []
         if run:
@@ -127,7 +141,10 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
                 unlanded = worktrees.unlanded_commits(card.project.repo_path, card.project.base_branch, card.branch)
             except worktrees.GitError:
                 unlanded = 0
-        context.update(unlanded=unlanded, runs=card.runs.select_related("agent").order_by("-id"))
+        context.update(
+            unlanded=unlanded, runs=card.runs.select_related("agent").order_by("-id"),
+            settings_form=CardSettingsForm(instance=card), follow_up_form=FollowUpForm(),
+        )
     return context
 
 
@@ -136,20 +153,26 @@ def card_detail(request, card_id):
     return render(request, "board/card_detail.html", card_context(card))
 
 
-def _card_action(request, card_id: int, action: str):
-    """Call ``card.<action>()`` (start or stop); answer htmx with the card re-rendered (409 with
-    the reason when refused), a plain form with a redirect to the card's page."""
+def _card_action(request, card_id: int, action: str, *args):
+    """Call ``card.<action>(*args)`` (start, stop, resume, follow_up); answer htmx with the card
+    re-rendered (409 with the reason when refused), a plain form with a redirect to the card's page."""
     card = get_object_or_404(Card, pk=card_id)
     error = ""
     try:
-        getattr(card, action)()
+        getattr(card, action)(*args)
     except BoardError as exc:
         error = str(exc)
-    card = Card.objects.select_related("agent", "current_run").get(pk=card.pk)
+    return _card_answer(request, card.pk, error)
+
+
+def _card_answer(request, card_id: int, error: str = "", note: str = ""):
+    card = Card.objects.select_related("project", "agent", "current_run").get(pk=card_id)
     if request.htmx:
         return render(request, "board/board.html#card", {"card": card, "error": error}, status=409 if error else 200)
     if error:
         messages.error(request, error)
+    elif note:
+        messages.success(request, note)
     return redirect("card_detail", card_id=card.pk)
 
 
@@ -161,6 +184,119 @@ def card_start(request, card_id):
 @require_POST
 def card_stop(request, card_id):
     return _card_action(request, card_id, "stop")
+
+
+@require_POST
+def card_resume(request, card_id):
+    return _card_action(request, card_id, "resume")
+
+
+@require_POST
+def card_follow_up(request, card_id):
+    form = FollowUpForm(request.POST)
+    if not form.is_valid():
+        get_object_or_404(Card, pk=card_id)
+        return _card_answer(request, card_id, " ".join(form.errors.get("text", ["Write a follow-up."])))
+    return _card_action(request, card_id, "follow_up", form.cleaned_data["text"])
+
+
+@require_POST
+def run_decide(request, run_id):
+    """The lead approves or denies what a run waits for (a tool call, a question, a plan)."""
+    run = get_object_or_404(Run, pk=run_id)
+    form = DecisionForm(request.POST)
+    error = ""
+    if not form.is_valid():
+        error = "Choose Approve or Deny."
+    else:
+        try:
+            run.decide(form.cleaned_data["decision"] == "approve", form.cleaned_data["text"])
+        except BoardError as exc:
+            error = str(exc)
+    return _card_answer(request, run.card_id, error)
+
+
+@require_POST
+def card_settings(request, card_id):
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    if card.is_running:
+        messages.error(request, "Stop the card before changing its settings; a run keeps the settings it started with.")
+        return redirect("card_detail", card_id=card.pk)
+    form = CardSettingsForm(request.POST, instance=card)
+    if form.is_valid():
+        form.save()
+        messages.success(request, "Card settings saved; the next run uses them.")
+        return redirect("card_detail", card_id=card.pk)
+    context = card_context(card)
+    context["settings_form"] = form
+    return render(request, "board/card_detail.html", context, status=422)
+
+
+@require_POST
+def card_rollback(request, card_id):
+    card = get_object_or_404(Card.objects.select_related("project", "current_run"), pk=card_id)
+    try:
+        note = runner.roll_back_card(card, request.POST.get("sha", ""))
+    except (BoardError, worktrees.GitError) as exc:
+        return _card_answer(request, card.pk, f"Not rolled back: {exc}")
+    return _card_answer(request, card.pk, note=note)
+
+
+def project_settings(request, project_id):
+    project = get_object_or_404(Project, pk=project_id)
+    form = ProjectSettingsForm(request.POST or None, instance=project)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Settings saved; runs that start from now on use them.")
+        return redirect("project_settings", project_id=project.pk)
+    return render(request, "board/project_settings.html", {"project": project, "form": form},
+                  status=422 if form.errors else 200)
+
+
+def configured_models() -> list[dict]:
+    """Every distinct model the board is set to use, with where it is set: ``[{"model",
+    "api_base", "api_key_env", "key_set", "used_by": [str]}]``."""
+    rows: dict[tuple, dict] = {}
+
+    def add(model, api_base, api_key_env, where):
+        if not model:
+            return
+        row = rows.setdefault((model, api_base, api_key_env), {
+            "model": model, "api_base": api_base, "api_key_env": api_key_env,
+            "key_set": not api_key_env or bool(os.environ.get(api_key_env)), "used_by": [],
+        })
+        row["used_by"].append(where)
+
+    for project in Project.objects.exclude(model=""):
+        add(project.model, project.api_base, project.api_key_env, f"project {project.name}")
+    for agent in Agent.objects.filter(kind=Agent.Kind.BUILTIN).exclude(model=""):
+        add(agent.model, agent.api_base, agent.api_key_env, f"agent {agent.name}")
+    for card in Card.objects.exclude(model="").only("pk", "model", "api_base", "api_key_env"):
+        add(card.model, card.api_base, card.api_key_env, f"card #{card.pk}")
+    return list(rows.values())
+
+
+def models_page(request):
+    return render(request, "board/models.html", {"models": configured_models(), "form": ModelTestForm()})
+
+
+@require_POST
+def model_test(request):
+    """One small real call to a model; answers the result partial (latency or the provider's error)."""
+    from agents import llm
+
+    form = ModelTestForm(request.POST)
+    if not form.is_valid():
+        errors = "; ".join(e for field in form.errors.values() for e in field)
+        result = {"ok": False, "error": errors, "latency_ms": None}
+        return render(request, "board/models.html#test-result", {"result": result}, status=422)
+    data = form.cleaned_data
+    config = llm.ModelConfig(
+        model=data["model"], api_base=data["api_base"] or None, api_key_env=data["api_key_env"] or None,
+        timeout=min(float(settings.BOARD_MODEL_TIMEOUT), 30.0), num_retries=0,
+    )
+    result = llm.check_model(config)
+    return render(request, "board/models.html#test-result", {"result": result})
 
 
 @require_POST
