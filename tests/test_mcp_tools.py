@@ -152,7 +152,7 @@ def test_call_over_the_timeout_is_an_error_after_about_the_timeout_and_the_serve
     text, is_error = toolbox.call("mcp__t__slow", {"seconds": 10})
     elapsed = time.monotonic() - started
     assert is_error and "did not answer within 1.5 s" in text
-    assert 1.4 < elapsed < 3
+    assert 1.4 < elapsed < 4
     assert toolbox.call("mcp__t__add", {"a": 1, "b": 1}) == ("2", False)
 
 
@@ -180,7 +180,7 @@ def test_unknown_tools_and_arguments_that_are_not_an_object_are_errors_not_excep
 def test_calls_from_several_threads_run_at_once(toolbox):
     results = []
     threads = [
-        threading.Thread(target=lambda: results.append(toolbox.call("mcp__t__slow", {"seconds": 0.8})))
+        threading.Thread(target=lambda: results.append(toolbox.call("mcp__t__slow", {"seconds": 1})))
         for _ in range(3)
     ]
     started = time.monotonic()
@@ -188,8 +188,8 @@ def test_calls_from_several_threads_run_at_once(toolbox):
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == [("slept 0.8s", False)] * 3
-    assert time.monotonic() - started < 2
+    assert results == [("slept 1.0s", False)] * 3
+    assert time.monotonic() - started < 2.5  # one after the other would take 3 s
 
 
 def test_missing_command_and_server_that_exits_at_once_are_reported_and_the_other_still_works(toolbox):
@@ -245,7 +245,8 @@ def test_a_server_that_never_answers_is_reported_after_the_start_timeout(tmp_pat
     specs = parse_servers(f"mute: bash -c 'exec -a {tag} sleep 60'")
     started = time.monotonic()
     with McpToolbox(specs, cwd=tmp_path, env=None, start_timeout=1) as box:
-        assert time.monotonic() - started < 2.5
+        # The SDK's import (about a second when this test runs alone) comes before the timeout.
+        assert time.monotonic() - started < 4
         assert box.errors == ["mute: did not start within 1 s"]
     assert not processes_named(tag)
 
