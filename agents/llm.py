@@ -54,9 +54,10 @@ class ModelConfig:
     key or a bad request.
     ``max_cost`` (US dollars, litellm's accounting, whole conversation) and ``max_seconds``
     (wall time of one :func:`run` call) are optional budgets; ``None`` means none.
-    ``stream`` lets :func:`complete` stream the answer to a caller that listens (``on_text``);
-    a call nobody listens to is made whole, as streaming then buys nothing and litellm's own
-    mocking drops ``mock_tool_calls`` from a mocked stream.
+    ``stream`` (the default) has the answer streamed, as local servers and proxies that cut
+    long silent requests need; ``on_text`` callers get the text as it arrives. Turn it off for
+    a server that cannot stream tool calls, and for litellm's own mocking, which drops
+    ``mock_tool_calls`` from a mocked stream.
     """
 
     model: str
@@ -552,7 +553,7 @@ def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
     }
     if tools:
         kwargs.update(tools=tools, tool_choice="auto")
-    if config.stream and on_text is not None:
+    if config.stream:
         kwargs["stream"] = True
         if _supports_stream_options(litellm, config.model):
             kwargs["stream_options"] = {"include_usage": True}

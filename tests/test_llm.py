@@ -210,12 +210,15 @@ def test_a_whole_answer_reaches_on_text_once(fake):
     assert answer["content"] == "all at once" and pieces == ["all at once"]
 
 
-def test_without_on_text_the_call_is_made_whole(fake):
-    server = fake([{"content": "nobody listens"}])
+def test_calls_stream_by_default_and_are_made_whole_with_stream_off(fake):
+    server = fake([{"content": "streamed"}, {"content": "whole"}])
 
-    answer, _ = complete(MESSAGES, config_for(server), TOOLS)
+    first, _ = complete(MESSAGES, config_for(server), TOOLS)
+    second, _ = complete(MESSAGES + [{"role": "assistant", "content": "streamed"}],
+                         config_for(server, stream=False), TOOLS)
 
-    assert "stream" not in server.requests[0] and answer["content"] == "nobody listens"
+    assert server.requests[0].get("stream") is True and first["content"] == "streamed"
+    assert "stream" not in server.requests[1] and second["content"] == "whole"
 
 
 def test_an_on_text_that_raises_abandons_the_streamed_call(fake):
