@@ -7,6 +7,7 @@ failed with a reason on the card: nothing stays "running".
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -315,14 +316,35 @@ def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
     )
     run.emit("step", f"Model {config.model}" + (f" at {config.api_base}" if config.api_base else "")
              + f" ({chosen['source']} setting); approvals: {options.approvals}")
-    result = builtin.run(
-        state, Path(worktree), config, emit=run.emit,
-        checkpoint=lambda message: _checkpoint(run, worktree, message, run.steps), save_state=run.save_progress,
-        should_stop=stop, extra_env=extra_env, options=options,
-    )
+    with contextlib.ExitStack() as stack:
+        if project.mcp_servers.strip():
+            options.toolbox = stack.enter_context(_mcp_toolbox(run, project.mcp_servers, worktree, extra_env))
+        result = builtin.run(
+            state, Path(worktree), config, emit=run.emit,
+            checkpoint=lambda message: _checkpoint(run, worktree, message, run.steps), save_state=run.save_progress,
+            should_stop=stop, extra_env=extra_env, options=options,
+        )
     if result.state == "waiting":
         return Outcome(RunState.AWAITING_APPROVAL, pending=result.pending, agent_state=run.agent_state)
     return Outcome(result.state, result.summary, result.error)
+
+
+@contextlib.contextmanager
+def _mcp_toolbox(run: Run, servers: str, worktree: str, env: dict[str, str]):
+    """The project's MCP servers, started in the worktree for this run; a server that fails is
+    named on the card and left out, never fatal. Raises RunFailure for a list that does not parse."""
+    from agents.mcp_tools import McpToolbox, parse_servers
+
+    try:
+        specs = parse_servers(servers)
+    except ValueError as exc:
+        raise RunFailure(f"The project's MCP servers setting is wrong: {exc}") from exc
+    run.emit("step", f"Starting MCP servers: {', '.join(spec.name for spec in specs)}")
+    with McpToolbox(specs, Path(worktree), env, call_timeout=settings.BOARD_MODEL_TIMEOUT) as toolbox:
+        for error in toolbox.errors:
+            run.emit("log", f"MCP server failed and is left out: {error}")
+        run.emit("step", f"MCP tools offered: {len(toolbox.schemas())}")
+        yield toolbox
 
 
 def _first_state(run: Run) -> dict:

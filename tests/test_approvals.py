@@ -1,7 +1,9 @@
 """Runs that wait for the lead, plans, follow-ups and resumes, through the real runner with the
 built-in agent talking HTTP to a scripted model (tests/fake_llm.py)."""
 
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +229,32 @@ def test_a_card_without_any_model_cannot_start(make_card, project):
     card = make_card(kind="builtin", command="")
     with pytest.raises(BoardError, match="model"):
         card.start()
+
+
+MCP_SERVER = f"{sys.executable} {Path(__file__).resolve().parent / 'mcp_server.py'}"
+
+
+def test_tools_of_the_project_mcp_servers_reach_the_agent_and_a_broken_server_is_only_named(make_card, project, llm):
+    server = llm([answer(call("mcp__calc__add", a=2, b=3)), FINISH])
+    card = builtin_card(make_card, project, server,
+                        mcp_servers=f"calc: {MCP_SERVER}\nbroken: /nonexistent/mcp-server")
+    run = execute(card.start())
+
+    assert run.state == RunState.SUCCEEDED, run.error
+    offered = {t["function"]["name"] for t in server.requests[0]["tools"]}
+    assert "mcp__calc__add" in offered and "write_file" in offered
+    assert server.requests[1]["messages"][-1]["content"].strip() == "5"
+    assert run.events.filter(kind="log", text__contains="MCP server failed and is left out: broken").exists()
+
+
+def test_an_mcp_tool_call_waits_for_approval_under_the_commands_policy(make_card, project, llm):
+    server = llm([answer(call("mcp__calc__add", a=1, b=1)), FINISH])
+    card = builtin_card(make_card, project, server, mcp_servers=f"calc: {MCP_SERVER}", approvals="commands")
+    run = execute(card.start())
+
+    assert run.state == RunState.AWAITING_APPROVAL
+    assert run.pending["tool"] == "mcp__calc__add" and '"a": 1' in run.pending["detail"]
+    run.decide(False, "no maths today")
+    run = execute(run)
+    assert run.state == RunState.SUCCEEDED
+    assert "no maths today" in server.requests[1]["messages"][-1]["content"]
