@@ -147,3 +147,46 @@ def test_card_start_refuses_a_timeout_that_is_not_positive(make_card):
     card = make_card()
     with pytest.raises(CommandError, match="above 0"):
         run_cmd("card", "start", str(card.pk), "--wait", "--timeout", "-5")
+
+
+def test_project_set_changes_the_model_and_keeps_the_rest(project):
+    run_cmd("project", "set", str(project.pk), "--model", "ollama_chat/qwen2.5-coder", "--approvals", "commands",
+            "--max-steps", "9")
+    project.refresh_from_db()
+    assert (project.model, project.approvals, project.max_steps, project.base_branch) == (
+        "ollama_chat/qwen2.5-coder", "commands", 9, "main")
+    with pytest.raises(CommandError, match="api_key_env: Give the NAME"):
+        run_cmd("project", "set", str(project.pk), "--api-key-env", "sk-123 456")
+
+
+def test_card_commands_approve_deny_and_answer_what_a_run_waits_for(project, monkeypatch):
+    from agents import runner
+    from board.management.commands import card as card_command
+    from tests.fake_llm import FakeLLM
+
+    monkeypatch.setattr(card_command, "workers_running", lambda: True)
+    monkeypatch.setenv("FAKE_LLM_KEY", "k")
+    script = [{"tool_calls": [{"name": "ask_lead", "arguments": {"question": "Which?"}}]},
+              {"tool_calls": [{"name": "finish", "arguments": {"summary": "ok"}}]}]
+    with FakeLLM(script, api_key="k") as llm:
+        run_cmd("project", "set", str(project.pk), "--model", "openai/fake-model", "--api-base", llm.base_url,
+                "--api-key-env", "FAKE_LLM_KEY")
+        card_id = int(run_cmd("card", "add", "--project", str(project.pk), "--title", "Ask", "--mode", "plan")[-1])
+        card = Card.objects.get(pk=card_id)
+        assert card.mode == "plan" and card.agent.name == "built-in"
+        run = card.start()
+        runner.execute(run.pk)
+        shown = json.loads(run_cmd("card", "show", str(card_id), "--json")[0])
+        assert shown["state"] == "awaiting_approval" and shown["pending"]["detail"] == "Which?"
+
+        with pytest.raises(CommandError, match="Write an answer"):
+            run_cmd("card", "answer", str(card_id), "--text", " ")
+        run_cmd("card", "answer", str(card_id), "--text", "This one")
+        runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.state == "awaiting_approval" and run.pending["kind"] == "plan"
+    with pytest.raises(CommandError, match="can be resumed"):
+        run_cmd("card", "resume", str(card_id))
+    run_cmd("card", "deny", str(card_id), "--reason", "shorter")
+    run.refresh_from_db()
+    assert run.state == "queued"

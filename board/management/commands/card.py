@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from board.forms import CardForm
 from board.management.commands._cli import form_errors
-from board.models import BoardError, Card, Project
+from board.models import BoardError, Card, Project, RunState
 
 
 def workers_running() -> bool:
@@ -17,7 +17,11 @@ def workers_running() -> bool:
 
 
 class Command(BaseCommand):
-    help = "Manage cards: add, start [--wait], show --json."
+    help = (
+        "Manage cards: add, start/resume/follow-up [--wait], approve/deny/answer what a run waits for, stop, "
+        "delete, show --json. With --wait the card's JSON is printed when the run ends (exit 0 when it "
+        "succeeded, 1 otherwise) or waits for you (exit 3)."
+    )
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
@@ -25,11 +29,23 @@ class Command(BaseCommand):
         add.add_argument("--project", type=int, required=True)
         add.add_argument("--title", required=True)
         add.add_argument("--prompt", default="")
-        add.add_argument("--agent", required=True, help="Agent name.")
+        add.add_argument("--agent", default="built-in", help="Agent name (default: built-in).")
+        add.add_argument("--mode", choices=["act", "plan"], default="act", help="plan: plan first, act once approved.")
         start = sub.add_parser("start", help="Queue a card for the running workers.")
-        start.add_argument("id", type=int)
-        start.add_argument("--wait", action="store_true", help="Wait for the run to end and print the card's JSON.")
-        start.add_argument("--timeout", type=float, default=None, help="Seconds to wait at most (with --wait).")
+        resume = sub.add_parser("resume", help="Go on with an interrupted, stopped or failed run.")
+        follow = sub.add_parser("follow-up", help="Send a card in Review back to its agent with feedback.")
+        follow.add_argument("--text", required=True)
+        approve = sub.add_parser("approve", help="Approve what the card's run waits for (a tool call or a plan).")
+        approve.add_argument("--text", default="", help="The plan as you edited it (plans only).")
+        deny = sub.add_parser("deny", help="Deny what the card's run waits for; the reason goes to the agent.")
+        deny.add_argument("--reason", default="")
+        answer = sub.add_parser("answer", help="Answer the agent's question.")
+        answer.add_argument("--text", required=True)
+        for waiting in (start, resume, follow, approve, deny, answer):
+            waiting.add_argument("id", type=int)
+            waiting.add_argument("--wait", action="store_true",
+                                 help="Wait until the run ends or waits for you, and print the card's JSON.")
+            waiting.add_argument("--timeout", type=float, default=None, help="Seconds to wait at most (with --wait).")
         stop = sub.add_parser("stop", help="Stop a card's run; prints the card's JSON when it has ended.")
         stop.add_argument("id", type=int)
         stop.add_argument("--timeout", type=float, default=30.0, help="Seconds to wait for the run to end.")
@@ -43,7 +59,7 @@ class Command(BaseCommand):
         show.add_argument("--json", action="store_true", help="One JSON object on one line.")
 
     def handle(self, *args, action, **options):
-        getattr(self, f"do_{action}")(options)
+        getattr(self, f"do_{action.replace('-', '_')}")(options)
 
     def _card(self, card_id: int) -> Card:
         card = Card.objects.select_related("current_run", "project").filter(pk=card_id).first()
@@ -55,21 +71,50 @@ class Command(BaseCommand):
         project = Project.objects.filter(pk=options["project"]).first()
         if project is None:
             raise CommandError(f"No project with id {options['project']}.")
-        form = CardForm({"title": options["title"], "prompt": options["prompt"], "agent": options["agent"]})
+        form = CardForm({"title": options["title"], "prompt": options["prompt"], "agent": options["agent"],
+                         "mode": options["mode"]})
         if not form.is_valid():
             raise form_errors(form)
-        card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"])
+        card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
+                           form.cleaned_data["mode"] or "act")
         self.stdout.write(f"Added card '{card.title}' to {project.name}'s Backlog")
         self.stdout.write(str(card.pk))
 
     def do_start(self, options):
+        self._queue(options, lambda card: card.start())
+
+    def do_resume(self, options):
+        self._queue(options, lambda card: card.resume())
+
+    def do_follow_up(self, options):
+        self._queue(options, lambda card: card.follow_up(options["text"]))
+
+    def do_approve(self, options):
+        self._queue(options, lambda card: self._decide(card, True, options["text"]))
+
+    def do_deny(self, options):
+        self._queue(options, lambda card: self._decide(card, False, options["reason"]))
+
+    def do_answer(self, options):
+        self._queue(options, lambda card: self._decide(card, True, options["text"]))
+
+    @staticmethod
+    def _decide(card: Card, approved: bool, text: str):
+        run = card.current_run
+        if run is None:
+            raise BoardError("This card has no run.")
+        run.decide(approved, text)
+        return run
+
+    def _queue(self, options, action):
+        """Do ``action(card)`` (which queues a run and returns it); with --wait, follow the run."""
         if options["timeout"] is not None and options["timeout"] <= 0:
             raise CommandError("--timeout must be a number of seconds above 0.")
         card = self._card(options["id"])
         if not workers_running():
             raise CommandError("No worker is running: start the board first (./run, or python manage.py board).")
         try:
-            run = card.start()
+            run = action(card)
         except BoardError as exc:
             raise CommandError(str(exc)) from exc
         if not options["wait"]:
@@ -78,7 +123,7 @@ class Command(BaseCommand):
         deadline = None if options["timeout"] is None else time.monotonic() + options["timeout"]
         while True:
             run.refresh_from_db()
-            if not run.is_active:
+            if not run.is_active or run.state == RunState.AWAITING_APPROVAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 self.stdout.write(json.dumps(self._card(card.pk).as_dict()))
@@ -86,6 +131,10 @@ class Command(BaseCommand):
             time.sleep(0.5)
         data = self._card(card.pk).as_dict()
         self.stdout.write(json.dumps(data))
+        if data["state"] == RunState.AWAITING_APPROVAL:
+            pending = data["pending"] or {}
+            raise CommandError(f"Run {run.pk} waits for you ({pending.get('kind')}): {pending.get('title', '')}",
+                               returncode=3)
         if data["state"] != "succeeded":
             raise CommandError(f"Run {run.pk} ended {data['state']}: {data['error']}")
 
