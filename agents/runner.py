@@ -81,8 +81,7 @@ def execute(run_id: int) -> str | None:
             Run.objects.filter(pk=run.pk).update(commits=commits)
         if run.wait_for_lead(outcome.agent_state or {}, outcome.pending or {}):
             return outcome.state
-        run.refresh_from_db()
-        return run.state
+        outcome = Outcome(RunState.STOPPED, error="stopped by the lead")
     run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
     return outcome.state
 

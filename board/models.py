@@ -466,10 +466,10 @@ class Run(models.Model):
 
     def wait_for_lead(self, agent_state: dict, pending: dict) -> bool:
         """Park a running run until the lead decides on ``pending`` (an approval, a question or a
-        plan): it holds no worker meanwhile. Returns False when the run was no longer running
-        (stopped meanwhile)."""
+        plan): it holds no worker meanwhile. Returns False, changing nothing, when the run is no
+        longer running or the lead asked it to stop meanwhile (the caller ends it instead)."""
         with transaction.atomic():
-            if not Run.objects.filter(pk=self.pk, state=RunState.RUNNING).update(
+            if not Run.objects.filter(pk=self.pk, state=RunState.RUNNING, stop_requested=False).update(
                 state=RunState.AWAITING_APPROVAL, pending=pending, agent_state=agent_state, worker_host="", worker_pid=None
             ):
                 return False

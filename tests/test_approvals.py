@@ -258,3 +258,20 @@ def test_an_mcp_tool_call_waits_for_approval_under_the_commands_policy(make_card
     run = execute(run)
     assert run.state == RunState.SUCCEEDED
     assert "no maths today" in server.requests[1]["messages"][-1]["content"]
+
+
+def test_a_stop_asked_just_before_the_run_would_wait_ends_it_stopped(make_card, project, llm, monkeypatch):
+    server = llm([answer(call("ask_lead", question="Which file?"))])
+    card = builtin_card(make_card, project, server)
+    run = card.start()
+    real_run = builtin.run
+
+    def stop_then_run(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        Run.objects.filter(pk=run.pk).update(stop_requested=True)  # the lead's Stop lands right now
+        return result
+
+    monkeypatch.setattr(builtin, "run", stop_then_run)
+    run = execute(run)
+
+    assert run.state == RunState.STOPPED and run.pending is None
