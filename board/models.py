@@ -491,7 +491,10 @@ class Run(models.Model):
             kind = run.pending.get("kind")
             if kind == "question" and approved and not text.strip():
                 raise BoardError("Write an answer to the agent's question.")
-            state = decide(run.agent_state, approved, text.strip())
+            try:
+                state = decide(run.agent_state, approved, text.strip())
+            except ValueError as exc:  # a state stored without its pending call: nothing to decide on
+                raise BoardError("This run is not waiting for you any more.") from exc
             Run.objects.filter(pk=self.pk).update(state=RunState.QUEUED, pending=None, agent_state=state)
             self.refresh_from_db()
             if kind == "question":

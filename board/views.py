@@ -207,7 +207,7 @@ def run_decide(request, run_id):
     form = DecisionForm(request.POST)
     error = ""
     if not form.is_valid():
-        error = "Choose Approve or Deny."
+        error = "; ".join(e for errors in form.errors.values() for e in errors)
     else:
         try:
             run.decide(form.cleaned_data["decision"] == "approve", form.cleaned_data["text"])
