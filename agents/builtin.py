@@ -360,6 +360,16 @@ def step(
     return state, after != before
 
 
+def _unpack(call: dict) -> tuple[str, str, Any]:
+    """A queued call's tool name, raw arguments, and the arguments decoded (None when they are
+    not JSON: the tool then sends the model the error)."""
+    name, raw = call["function"]["name"], call["function"]["arguments"]
+    try:
+        return name, raw, json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, TypeError):
+        return name, raw, None
+
+
 def _carry_out(state, root, emit, extra_env, should_stop, options) -> list[str]:
     """Run the queued calls in order until the queue is empty or one waits for the lead."""
     messages = state["messages"]
@@ -369,12 +379,7 @@ def _carry_out(state, root, emit, extra_env, should_stop, options) -> list[str]:
     skip_reason = ""
     while state.get("queue"):
         call = state["queue"][0]
-        name = call["function"]["name"]
-        raw = call["function"]["arguments"]
-        try:
-            parsed = json.loads(raw) if raw else {}
-        except (json.JSONDecodeError, TypeError):
-            parsed = None
+        name, raw, parsed = _unpack(call)
         description = describe_call(name, parsed)
         external = toolbox is not None and not read_only and toolbox.owns(name)
         pending = state.get("pending")
@@ -466,12 +471,7 @@ def _apply_decision(state, call, pending, decision, root, emit, extra_env, shoul
         return DENIED.format(reason=text or "none given"), True, ""
     emit("step", f"Approved: {description}", {"tool": pending.get("tool")})
     actions.append(description)
-    name = call["function"]["name"]
-    raw = call["function"]["arguments"]
-    try:
-        parsed = json.loads(raw) if raw else {}
-    except (json.JSONDecodeError, TypeError):
-        parsed = None
+    name, raw, parsed = _unpack(call)
     return _execute(state, call, name, raw, parsed, root, emit, extra_env, should_stop, options, external)
 
 

@@ -118,7 +118,8 @@ MODEL_HELP = "litellm model string: openai/gpt-4o-mini, anthropic/claude-sonnet-
 
 
 class ModelFieldsMixin:
-    """Cleaning shared by every form that names a model, its API base and its key variable."""
+    """Cleaning shared by every form that names a model, its API base and its key variable (and
+    a cost budget, where it has one)."""
 
     def clean_model(self):
         return clean_model(self.cleaned_data.get("model", ""))
@@ -128,6 +129,12 @@ class ModelFieldsMixin:
 
     def clean_api_key_env(self):
         return clean_env_name(self.cleaned_data.get("api_key_env", ""))
+
+    def clean_max_cost(self):
+        value = self.cleaned_data.get("max_cost")
+        if value is not None and value <= 0:
+            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for none.")
+        return value
 
 
 class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
@@ -189,13 +196,6 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
             raise forms.ValidationError(str(exc)) from exc
         return text
 
-    def clean_max_cost(self):
-        value = self.cleaned_data.get("max_cost")
-        if value is not None and value <= 0:
-            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for none.")
-        return value
-
-
 class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
     """A card's own settings, each overriding the project's when set."""
 
@@ -216,12 +216,6 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
         self.fields["approvals"].choices = [("", f"Project's ({project.get_approvals_display().lower()})"),
                                             *Approvals.choices]
         self.fields["model"].help_text = f"Empty: the project's ({project.model or 'none set'})."
-
-    def clean_max_cost(self):
-        value = self.cleaned_data.get("max_cost")
-        if value is not None and value <= 0:
-            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for the project's.")
-        return value
 
 
 class ModelTestForm(ModelFieldsMixin, forms.Form):

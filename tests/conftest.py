@@ -104,3 +104,33 @@ def make_card(project):
         return Card.create(project, title, prompt, agent)
 
     return make
+
+
+FAKE_KEY = "sk-fake-llm-test"  # the key FakeLLM servers of the fake_llm fixture require
+
+
+@pytest.fixture
+def model_key(monkeypatch) -> str:
+    """Sets FAKE_LLM_KEY to FAKE_KEY in the environment, as a lead sets their provider's key;
+    returns the variable's name, for a model's "API key environment variable"."""
+    monkeypatch.setenv("FAKE_LLM_KEY", FAKE_KEY)
+    return "FAKE_LLM_KEY"
+
+
+@pytest.fixture
+def fake_llm():
+    """Factory: ``start(script) -> FakeLLM``, a scripted model server (tests/fake_llm.py) that
+    requires FAKE_KEY, already listening; every server started is stopped at teardown."""
+    from tests.fake_llm import FakeLLM
+
+    servers = []
+
+    def start(script: list):
+        server = FakeLLM(script, api_key=FAKE_KEY)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -10,11 +10,10 @@ import pytest
 from agents import builtin, runner
 from board.models import BoardError, Card, Column, Mode, Run, RunState
 from tests.conftest import execute_in_thread, git
-from tests.fake_llm import EDIT_THEN_FINISH, FakeLLM
+from tests.fake_llm import EDIT_THEN_FINISH
 
 pytestmark = pytest.mark.django_db
 
-KEY = "sk-test"
 
 
 def call(name: str, **arguments) -> dict:
@@ -29,23 +28,13 @@ FINISH = answer(call("finish", summary="Done."))
 
 
 @pytest.fixture(autouse=True)
-def model_key(monkeypatch):
-    monkeypatch.setenv("FAKE_LLM_KEY", KEY)
+def _key_set(model_key):
+    """Every run here talks to a fake model that wants the key."""
 
 
 @pytest.fixture
-def llm():
-    servers = []
-
-    def start(script):
-        server = FakeLLM(script, api_key=KEY)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+def llm(fake_llm):
+    return fake_llm
 
 
 def builtin_card(make_card, project, server, **project_settings) -> Card:

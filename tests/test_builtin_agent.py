@@ -45,9 +45,10 @@ from agents.tools import (
     search_files,
     write_file,
 )
+from tests.conftest import FAKE_KEY
 from tests.fake_llm import EDIT_THEN_FINISH, FakeLLM
 
-KEY = "sk-fake-test-key"
+KEY = FAKE_KEY
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -79,28 +80,6 @@ def litellm_loaded() -> None:
     """Import litellm once up front, so timing assertions measure the call, not the import."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm  # noqa: F401
-
-
-@pytest.fixture
-def fake_llm():
-    """Start FakeLLM servers (requiring KEY) for a test; all are stopped at teardown."""
-    servers: list[FakeLLM] = []
-
-    def start(script: list) -> FakeLLM:
-        server = FakeLLM(script, api_key=KEY)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def model_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FAKE_LLM_KEY", KEY)
-    return "FAKE_LLM_KEY"
 
 
 class Recorder:

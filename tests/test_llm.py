@@ -15,9 +15,10 @@ import pytest
 
 from agents import llm
 from agents.llm import ModelConfig, ModelError, check_model, complete
+from tests.conftest import FAKE_KEY
 from tests.fake_llm import FakeLLM
 
-KEY = "sk-fake-llm-test"
+KEY = FAKE_KEY
 MESSAGES = [{"role": "user", "content": "Add a note."}]
 TOOLS = [
     {
@@ -55,25 +56,13 @@ def litellm_loaded() -> None:
 
 
 @pytest.fixture
-def fake():
-    """Start FakeLLM servers (requiring KEY) for a test; all are stopped at teardown."""
-    servers: list[FakeLLM] = []
-
-    def start(script: list) -> FakeLLM:
-        server = FakeLLM(script, api_key=KEY)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+def fake(fake_llm):
+    return fake_llm
 
 
 @pytest.fixture(autouse=True)
-def model_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FAKE_LLM_KEY", KEY)
-    return "FAKE_LLM_KEY"
+def _key_set(model_key):
+    """Every server here wants the key."""
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from django.test import Client
 
 from agents import runner
 from board.models import Approvals, Card, Column, Mode, Run, RunState
-from tests.conftest import free_port, git
+from tests.conftest import FAKE_KEY, free_port, git
 from tests.fake_llm import FakeLLM
 
 pytestmark = pytest.mark.django_db
 
-KEY = "sk-test"
+KEY = FAKE_KEY
 
 
 @pytest.fixture
@@ -20,8 +20,8 @@ def client():
 
 
 @pytest.fixture(autouse=True)
-def model_key(monkeypatch):
-    monkeypatch.setenv("FAKE_LLM_KEY", KEY)
+def _key_set(model_key):
+    """Every model here is a fake one that wants the key."""
 
 
 def settings_data(project, **changes) -> dict:
