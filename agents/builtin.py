@@ -348,7 +348,8 @@ def step(
                      {"source": "agent"})
             return state, False
         state["nudged"] = False
-        state["queue"] = calls
+        # A copy: carrying calls out pops the queue, and the answer must keep every call it made.
+        state["queue"] = [dict(call) for call in calls]
 
     actions = _carry_out(state, root, emit, extra_env, should_stop, options)
     if actions:

@@ -29,6 +29,9 @@ name and then its arguments split over several chunks, a last chunk with the
 ``finish_reason``, a final usage chunk (empty ``choices``) when the request's
 ``stream_options.include_usage`` is true, then ``data: [DONE]``.
 
+A request whose conversation OpenAI's API would refuse (see :func:`conversation_error`) gets that
+400, so tests catch a loop that sends a malformed conversation.
+
 A reply may also be a callable ``f(request_body: dict) -> reply``. Past the end of the
 script the server answers a plain text saying so. Responses carry ``usage``.
 ``GET /v1/models`` lists one model, ``fake-model``. :meth:`FakeLLM.stop` returns promptly
@@ -79,6 +82,30 @@ Reply = dict | Callable[[dict], dict]
 def _count_tokens(value: Any) -> int:
     # A rough 4-characters-a-token estimate is all tests need from usage.
     return max(1, len(json.dumps(value, default=str)) // 4)
+
+
+def conversation_error(messages: list) -> str:
+    """Why OpenAI's API would refuse ``messages`` with a 400, or "" when it would take them: an
+    assistant message with an empty ``tool_calls`` list, a tool result that answers no call of the
+    assistant message before it, or a call left without its result before the next message."""
+    open_calls: set[str] = set()
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role == "tool":
+            if message.get("tool_call_id") not in open_calls:
+                return f"messages[{i}]: a tool message must answer a tool_call_id of the preceding assistant message"
+            open_calls.discard(message.get("tool_call_id"))
+            continue
+        if open_calls:
+            return f"messages[{i}]: tool_call_ids {sorted(open_calls)} have no tool message answering them"
+        if role == "assistant" and "tool_calls" in message:
+            calls = message.get("tool_calls")
+            if not calls:
+                return f"messages[{i}].tool_calls: empty array; expected at least one tool call"
+            open_calls = {call.get("id") for call in calls}
+    if open_calls:
+        return f"tool_call_ids {sorted(open_calls)} have no tool message answering them"
+    return ""
 
 
 class FakeLLM:
@@ -327,6 +354,10 @@ class _Handler(BaseHTTPRequestHandler):
             n_request = len(owner.requests)
         if owner.api_key is not None and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
             self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            return
+        malformed = conversation_error(body.get("messages") or [])
+        if malformed:
+            self._error(400, malformed)
             return
         reply = owner.reply_for(body)
         if reply.get("delay") and self._sleep(float(reply["delay"])):

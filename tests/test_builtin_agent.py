@@ -46,7 +46,7 @@ from agents.tools import (
     write_file,
 )
 from tests.conftest import FAKE_KEY
-from tests.fake_llm import EDIT_THEN_FINISH, FakeLLM
+from tests.fake_llm import EDIT_THEN_FINISH, FakeLLM, conversation_error
 
 KEY = FAKE_KEY
 
@@ -792,3 +792,21 @@ def test_a_follow_up_continues_the_same_conversation(repo, fake_llm, model_key, 
     last = server.requests[-1]["messages"]
     assert last[-1] == {"role": "user", "content": "Also say hello."}
     assert any(m.get("content") == "Finished." for m in last)  # the earlier conversation is there
+
+
+def test_the_conversation_keeps_every_call_with_its_result_across_steps_and_waits(repo, fake_llm, model_key,
+                                                                                 litellm_loaded):
+    server = fake_llm([
+        answer(call("write_file", path="a.txt", content="a\n"), call("run_command", command="cat a.txt")),
+        FINISH,
+    ])
+    rec = Recorder()
+    options = LoopOptions(approvals="commands")
+    agent_run(repo, config_for(server, model_key), rec, options=options)
+    agent_run(repo, config_for(server, model_key), rec, state=decide(rec.states[-1], True), options=options)
+
+    sent = server.requests[1]["messages"]
+    assert [c["function"]["name"] for c in sent[2]["tool_calls"]] == ["write_file", "run_command"]
+    assert [m["tool_call_id"] for m in sent[3:5]] == [c["id"] for c in sent[2]["tool_calls"]]
+    assert conversation_error(sent) == ""
+    assert conversation_error(sent[:3] + sent[4:]) != "", "the fake server refuses what OpenAI's API refuses"
