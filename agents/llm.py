@@ -503,17 +503,50 @@ def _answer_text(response: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
+class _EmptyStream(ModelError):
+    """A streamed answer with nothing in it: some servers (llama-cpp-python's
+    chatml-function-calling) cannot stream tool calls and send an empty stream instead."""
+
+
+# (model, api_base) pairs whose server sent an empty stream when tools were offered: asked
+# unstreamed from then on, for the life of the process.
+_NO_STREAMING: set[tuple[str, str | None]] = set()
+
+
+def _is_empty(response: Any) -> bool:
+    try:
+        message = response.choices[0].message
+    except (AttributeError, IndexError, TypeError):
+        return True
+    return not (getattr(message, "content", None) or getattr(message, "tool_calls", None))
+
+
+def _wire_messages(messages: list[dict], config: ModelConfig) -> list[dict]:
+    """``messages`` as the endpoint can take them. An OpenAI-compatible server of one's own
+    (llama.cpp's, for one) fails with HTTP 500 on an assistant message whose content is null,
+    as the OpenAI format allows beside tool calls; such servers get an empty string instead."""
+    if not (config.api_base and config.model.split("/", 1)[0] in _SELF_HOSTED_PROVIDERS):
+        return messages
+    return [
+        {**m, "content": ""} if m.get("role") == "assistant" and m.get("content") is None else m
+        for m in messages
+    ]
+
+
+_SELF_HOSTED_PROVIDERS = {"openai", "hosted_vllm", "lm_studio", "llamafile", "openai_like"}
+
+
 def _assemble(litellm: Any, chunks: list[Any], messages: list[dict]) -> Any:
     """litellm's own assembly of streamed chunks: tool calls joined by index with their ids,
     usage from the final usage chunk, or counted by litellm when the server sent none."""
     if not chunks:
-        raise ModelError("the model returned no answer (an empty stream)")
+        raise _EmptyStream("the model returned no answer (an empty stream)")
     try:
         response = litellm.stream_chunk_builder(chunks, messages=messages)
     except Exception as exc:  # noqa: BLE001 - a chunk litellm cannot read is the server's fault
         raise ModelError(f"could not read the model's streamed answer: {_provider_message(exc)}") from exc
-    if response is None:
-        raise ModelError("the model returned no answer (an empty stream)")
+    if response is None or _is_empty(response):
+        raise _EmptyStream("the model returned no answer (an empty stream)")
     return response
 
 
@@ -543,7 +576,7 @@ def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
         api_key = "no-key"
     kwargs: dict[str, Any] = {
         "model": config.model,
-        "messages": messages,
+        "messages": _wire_messages(messages, config),
         "api_base": config.api_base,
         "api_key": api_key,
         "timeout": config.timeout,  # httpx's per-read bound; the whole call is bounded by _attempt
@@ -553,7 +586,7 @@ def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
     }
     if tools:
         kwargs.update(tools=tools, tool_choice="auto")
-    if config.stream:
+    if config.stream and not (tools and (config.model, config.api_base) in _NO_STREAMING):
         kwargs["stream"] = True
         if _supports_stream_options(litellm, config.model):
             kwargs["stream_options"] = {"include_usage": True}
@@ -563,6 +596,15 @@ def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
     while True:
         try:
             return _attempt(litellm, kwargs, config, on_text)
+        except _EmptyStream:
+            if not (tools and kwargs.get("stream")):
+                raise
+            # Nothing in the stream, though tools were offered: a server that cannot stream tool
+            # calls. The same call unstreamed, and unstreamed from now on.
+            _NO_STREAMING.add((config.model, config.api_base))
+            kwargs.pop("stream", None)
+            kwargs.pop("stream_options", None)
+            continue
         except _Failed as failed:
             if not isinstance(failed.error, Exception):
                 raise failed.error from None  # KeyboardInterrupt and the like, on the call's thread

@@ -12,6 +12,9 @@ dict:
 - ``{"content": "plain text"}``;
 - ``{"delay": seconds, ...}``: sleep before sending anything, then answer with the rest (a
   server that never answers, to test timeouts);
+- ``{"empty_stream": True, ...}``: a streamed request gets a stream with no chunk at all (as
+  llama-cpp-python's server sends when it cannot stream tool calls); an unstreamed one gets the
+  rest of the reply;
 - ``{"stall": seconds, ...}``: send the 200 headers (of an SSE stream when the request asked
   to stream, of a JSON body otherwise), then sleep, then send the rest of the answer;
 - ``{"trickle": seconds, ...}``: send the 200 headers, then every second one keep-alive
@@ -374,7 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(status, str(reply.get("error") or f"scripted error {status}"), kind, headers)
             return
         stream = bool(body.get("stream"))
-        if stream:
+        if stream and reply.get("empty_stream"):
+            parts = [b"data: [DONE]\n\n"]  # as llama-cpp-python does when it cannot stream tool calls
+        elif stream:
             parts = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in owner.chunks(body, reply, n_request)]
             parts.append(b"data: [DONE]\n\n")
         else:

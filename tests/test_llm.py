@@ -480,3 +480,38 @@ def test_fake_llm_sends_retry_after_and_raw_bodies():
         server.script[0] = {"raw": HTML, "content_type": "text/html"}
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.headers["Content-Type"] == "text/html" and answer.read().decode() == HTML
+
+
+def test_a_server_that_cannot_stream_tool_calls_is_asked_unstreamed_from_then_on(fake):
+    server = fake([
+        {"empty_stream": True, "tool_calls": [{"name": "write_file", "arguments": NOTE}]},
+        {"empty_stream": True, "content": "second"},
+    ])
+    config = config_for(server)
+
+    first, _ = complete(MESSAGES, config, TOOLS)
+    second, _ = complete(MESSAGES + [first, {"role": "tool", "tool_call_id": first["tool_calls"][0]["id"],
+                                             "content": "created"}], config, TOOLS)
+
+    assert first["tool_calls"][0]["function"]["name"] == "write_file"
+    assert second["content"] == "second"
+    assert [body.get("stream", False) for body in server.requests] == [True, False, False]
+
+
+def test_an_empty_stream_without_tools_is_an_error_not_an_empty_answer(fake):
+    server = fake([{"empty_stream": True, "content": "never streamed"}])
+
+    with pytest.raises(ModelError, match="empty stream"):
+        complete(MESSAGES, config_for(server), [])
+
+
+def test_a_self_hosted_server_gets_an_empty_string_for_a_null_content_beside_tool_calls(fake):
+    server = fake([{"content": "ok"}])
+    call = {"id": "c1", "type": "function", "function": {"name": "finish", "arguments": "{}"}}
+    history = MESSAGES + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+
+    complete(history, config_for(server), TOOLS)
+
+    assert server.requests[0]["messages"][1]["content"] == ""
+    assert history[1]["content"] is None, "the stored conversation is left as it was"

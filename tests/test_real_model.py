@@ -11,7 +11,6 @@ the model says: succeeded, failed with the reason, or stopped by a budget. Selec
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -112,30 +111,8 @@ def llama_server(tmp_path_factory):
                 server.wait(timeout=15)
 
 
-@pytest.fixture
-def without_streaming(monkeypatch):
-    """The board's model calls unstreamed. llama-cpp-python's chatml-function-calling handler
-    cannot stream an answer in which the model calls a tool (tool_choice "auto"): the server
-    sends 200 and an event stream that ends without a single chunk, and logs ValueError
-    "Automatic streaming tool choice is not supported". The board then sees an empty answer, and
-    after its nudge a second one, and ends the run "succeeded" with nothing done. The runner
-    builds its ModelConfig through agents.builtin, so the switch is made there."""
-    from agents import builtin, llm
-
-    fields = {f.name for f in dataclasses.fields(llm.ModelConfig)}
-    if "stream" not in fields:
-        return
-
-    original = builtin.ModelConfig
-
-    def unstreamed(*args, **kwargs):
-        return dataclasses.replace(original(*args, **kwargs), stream=False)
-
-    monkeypatch.setattr(builtin, "ModelConfig", unstreamed)
-
-
 def test_the_builtin_agent_runs_a_real_model_tool_call_and_ends_cleanly(
-    llama_server, make_repo, board_dirs, settings, without_streaming
+    llama_server, make_repo, board_dirs, settings
 ):
     from agents.command import MARK_VARIABLE
     from agents.runner import run_mark
