@@ -443,7 +443,7 @@ def roll_back_card(card: Card, sha: str) -> str:
     keep = f"refs/board/rollbacks/card-{card.pk}/{n}"
     saved = worktrees.roll_back(card.worktree_path, base, sha, keep)
     note = f"Rolled back to {sha[:10]}; the previous state {saved[:10]} is kept as {keep}."
-    run.emit("checkpoint", note, {"sha": sha, "kept": keep})
+    run.emit("checkpoint", note, {"rolled_back_to": sha, "kept": keep})
     Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
     if run.agent_state and run.agent_state.get("messages"):
         state = dict(run.agent_state)

@@ -29,7 +29,7 @@ from board.forms import (
 )
 from board.models import Agent, BoardError, Card, Column, Project, Run
 
-LOG_KINDS = ("log", "step", "state")  # event kinds shown as lines of a run's log
+LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens; the rest stays in the table
 DIFF_LIMIT = 400_000  # characters of diff rendered at once; longer diffs are cut with a note
 
