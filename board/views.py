@@ -12,9 +12,6 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import DiffLexer
 
 from agents import runner, worktrees
 from board.forms import (
@@ -28,6 +25,7 @@ from board.forms import (
     ProjectSettingsForm,
 )
 from board.models import Agent, BoardError, Card, Column, Project, Run
+from board.templatetags.board_tags import diff_html
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens; the rest stays in the table
@@ -109,7 +107,7 @@ def _diff_html(card: Card) -> tuple[str, str]:
     if len(text) > DIFF_LIMIT:
         note = f"The diff is {len(text):,} characters; the first {DIFF_LIMIT:,} are shown."
         text = text[:DIFF_LIMIT]
-    return highlight(text, DiffLexer(), HtmlFormatter(nowrap=True)), note
+    return diff_html(text), note
 
 
 # The card page's parts, as the partials of card_detail.html name them; "page" is what only the

@@ -208,3 +208,15 @@ def test_the_card_form_creates_a_plan_first_card(client, make_card, project):
                                                                "mode": "plan"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     assert Card.objects.get(title="Plan it").mode == Mode.PLAN
+
+
+def test_a_change_waiting_for_approval_shows_its_diff_highlighted_and_escaped(client, make_card, project):
+    script = [{"tool_calls": [{"name": "write_file", "arguments": {"path": "x.html", "content": "<b>bold</b>\n"}}]}]
+    card, run, llm = waiting_card(make_card, project, script, approvals="changes")
+    try:
+        board = client.get(f"/projects/{project.pk}/").content.decode()
+    finally:
+        llm.stop()
+    assert 'class="pending-detail diff highlight"' in board
+    assert "&lt;b&gt;bold&lt;/b&gt;" in board and "<b>bold</b>" not in board
+    assert 'class="gi"' in board  # Pygments marks the added line
