@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agents.llm import ModelConfig, ModelError, complete
+from agents.llm import CallStopped, ModelConfig, ModelError, complete
 from agents.tools import (
     READ_ONLY_TOOL_SCHEMAS,
     READ_ONLY_TOOLS,
@@ -36,7 +36,8 @@ from agents.tools import (
 )
 
 __all__ = [
-    "ModelConfig", "AgentResult", "LoopOptions", "ModelError", "new_state", "follow_up", "decide", "step", "run",
+    "ModelConfig", "AgentResult", "LoopOptions", "ModelError", "new_state", "follow_up", "decide", "add_note", "step",
+    "run",
     "fit_context", "SYSTEM_PROMPT",
 ]
 
@@ -107,7 +108,9 @@ class LoopOptions:
     ``toolbox`` offers extra tools (an :class:`agents.mcp_tools.McpToolbox` or anything with
     ``schemas()``, ``owns(name)`` and ``call(name, arguments) -> (text, is_error)``).
     ``context_window`` is the model's window in tokens; the conversation is kept under about
-    80 % of it (None: not trimmed). ``check_timeout`` is in seconds.
+    80 % of it (None: not trimmed). ``check_timeout`` is in seconds. ``time_left`` (seconds,
+    set by :func:`run` from the time budget) caps the timeout of commands and checks, so a
+    long command cannot outlast the budget.
     """
 
     approvals: str = "auto"
@@ -116,6 +119,7 @@ class LoopOptions:
     toolbox: Any = None
     context_window: int | None = None
     check_timeout: float = 600.0
+    time_left: float | None = None  # seconds of the time budget left; caps commands and checks
 
 
 @dataclass
@@ -233,7 +237,7 @@ def estimate_tokens(messages: list[dict]) -> int:
 def fit_context(messages: list[dict], window: int | None, reserve: int = 2048) -> int:
     """Shorten ``messages`` in place until they fit in ``window`` tokens less ``reserve`` (for the
     answer) and 20 % margin; returns how many messages were shortened. Old tool outputs go first,
-    then old assistant text; the system prompt, the task and the newest messages are kept whole,
+    then the long arguments of old tool calls (a file written whole), then old assistant text; the system prompt, the task and the newest messages are kept whole,
     and no message is removed (tool results must answer their calls)."""
     if not window:
         return 0
@@ -242,17 +246,44 @@ def fit_context(messages: list[dict], window: int | None, reserve: int = 2048) -
         return 0
     shortened = 0
     candidates = [i for i in range(2, max(2, len(messages) - KEEP_RECENT))]
-    for roles in (("tool",), ("assistant", "user")):
+    for roles in (("tool",), ("calls",), ("assistant", "user")):
         for i in candidates:
             message = messages[i]
-            content = message.get("content")
-            if message.get("role") not in roles or not isinstance(content, str) or len(content) <= 300:
-                continue
-            message["content"] = f"{content[:200]}\n{TRIMMED}"
+            if roles == ("calls",):
+                if not _shorten_arguments(message):
+                    continue
+            else:
+                content = message.get("content")
+                if message.get("role") not in roles or not isinstance(content, str) or len(content) <= 300:
+                    continue
+                message["content"] = f"{content[:200]}\n{TRIMMED}"
             shortened += 1
             if estimate_tokens(messages) <= budget:
                 return shortened
     return shortened
+
+
+def _shorten_arguments(message: dict) -> bool:
+    """Shorten the long string arguments of an old assistant message's tool calls in place (a
+    file written whole, say), keeping them valid JSON; True when something was shortened."""
+    changed = False
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        raw = function.get("arguments")
+        if not isinstance(raw, str) or len(raw) <= 300:
+            continue
+        try:
+            arguments = json.loads(raw)
+        except json.JSONDecodeError:
+            arguments = None
+        if isinstance(arguments, dict):
+            arguments = {k: f"{v[:100]} {TRIMMED}" if isinstance(v, str) and len(v) > 200 else v
+                         for k, v in arguments.items()}
+        else:
+            arguments = {"shortened": TRIMMED}
+        function["arguments"] = json.dumps(arguments, ensure_ascii=False)
+        changed = changed or len(function["arguments"]) < len(raw)
+    return changed
 
 
 # --------------------------------------------------------------------------- change detection
@@ -304,7 +335,9 @@ def step(
     ``"check"`` (data ``{"passed"}``) and ``"approval"`` (data: the pending dict).
     ``extra_env`` is added to the environment of commands; ``should_stop()`` is polled while a
     command runs and, when true, kills it and skips the remaining tool calls of the step.
-    Raises :class:`ModelError` when the model cannot be called (the state is then unchanged).
+    Raises :class:`ModelError` when the model cannot be called, and
+    :class:`agents.llm.CallStopped` when ``should_stop()`` turned true during the model call
+    (the state is then unchanged either way).
     """
     root = Path(root)
     options = options or LoopOptions()
@@ -314,7 +347,14 @@ def step(
     state.setdefault("checked_tree", before)
 
     if not state.get("queue"):
+        pending = state.get("pending")
+        if pending and pending.get("decision") is not None and pending.get("id") is None:
+            # The plan came as plain text (no call to answer): the decision goes in as a message.
+            output, _, _ = _apply_decision(state, None, pending, pending["decision"], root, emit, extra_env,
+                                           should_stop, options, [], pending.get("title", ""), False)
+            messages.append({"role": "user", "content": output})
         state["pending"] = None
+        messages.extend({"role": "user", "content": note} for note in state.pop("notes", []))
         shortened = fit_context(messages, options.context_window)
         if shortened:
             emit("log", f"Shortened {shortened} old message(s) to stay within the model's context window.",
@@ -323,7 +363,7 @@ def step(
         if options.toolbox is not None and not state.get("read_only"):
             schemas += options.toolbox.schemas()
         step_no = int(state.get("steps", 0)) + 1
-        answer, usage = complete(messages, config, schemas, step_no)
+        answer, usage = complete(messages, config, schemas, step_no, should_stop=should_stop)
         messages.append(answer)
         state["steps"] = step_no
         totals = state.setdefault("usage", {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
@@ -337,9 +377,7 @@ def step(
         calls = answer.get("tool_calls") or []
         if not calls:
             if state.get("nudged"):
-                state["done"] = True
-                state["summary"] = text or "The agent ended without a summary."
-                state["last_action"] = "ended without a tool call"
+                _end_without_tool(state, text, root, emit, extra_env, should_stop, options)
             else:
                 state["nudged"] = True
                 messages.append({"role": "user", "content": NUDGE})
@@ -359,6 +397,37 @@ def step(
         # Not a git worktree: fall back to what the tools were asked to do.
         return state, any(a.split(" ", 1)[0].rstrip(":") in _WRITING_TOOLS for a in actions)
     return state, after != before
+
+
+def _end_without_tool(state, text, root, emit, extra_env, should_stop, options) -> None:
+    """A second plain answer in a row: it ends the run like a finish, with the same rules. In plan
+    mode the text is the plan, put to the lead; otherwise the checks must pass first."""
+    state["nudged"] = False
+    if state.get("read_only"):
+        state["pending"] = {"id": None, "kind": "plan", "tool": "finish", "title": "Plan ready for review",
+                            "detail": text or "(the model wrote no plan)", "decision": None}
+        emit("approval", "Plan ready for review", state["pending"])
+        return
+    passed, report = _run_checks(state, root, emit, extra_env, should_stop, options)
+    if not passed:
+        state["messages"].append({"role": "user", "content": CHECK_FAILED.format(output=report)})
+        state["last_action"] = "checks failed"
+        return
+    state["done"] = True
+    state["summary"] = text or "The agent ended without a summary."
+    state["last_action"] = "ended without a tool call"
+
+
+def add_note(state: dict, text: str) -> dict:
+    """A copy of ``state`` that tells the model ``text`` (as a user message) before its next
+    answer: at once when no tool call is waiting for its result, else once the queued calls are
+    answered, as a conversation must not put a message between a call and its result."""
+    state = copy.deepcopy(state)
+    if state.get("queue"):
+        state.setdefault("notes", []).append(text)
+    else:
+        state.setdefault("messages", []).append({"role": "user", "content": text})
+    return state
 
 
 def _unpack(call: dict) -> tuple[str, str, Any]:
@@ -485,6 +554,7 @@ def _execute(state, call, name, raw, parsed, root, emit, extra_env, should_stop,
         output, is_error = execute_tool(
             root, name, raw, extra_env=extra_env, should_stop=should_stop,
             allowed=READ_ONLY_TOOLS if read_only else None, base=options.base_commit,
+            max_timeout=options.time_left,
         )
     if name == "finish" and not is_error:
         passed, report = (True, "") if read_only else _run_checks(state, root, emit, extra_env, should_stop, options)
@@ -512,8 +582,8 @@ def _run_checks(state, root, emit, extra_env, should_stop, options) -> tuple[boo
         report = "Python syntax errors:\n" + "\n".join(problems[:50])
     elif options.check_command.strip():
         emit("step", f"Check: $ {options.check_command}", {"tool": "check"})
-        code, output = run_shell(root, options.check_command, options.check_timeout,
-                                 extra_env=extra_env, should_stop=should_stop)
+        timeout = min(options.check_timeout, options.time_left or options.check_timeout)
+        code, output = run_shell(root, options.check_command, timeout, extra_env=extra_env, should_stop=should_stop)
         if code != 0:
             report = f"The check command `{options.check_command}` failed:\n{output}"
     passed = not report
@@ -585,10 +655,14 @@ def run(
             if config.max_seconds is not None and seconds >= config.max_seconds:
                 return AgentResult("stopped", "", f"time budget of {config.max_seconds / 60:g} min reached")
         started = time.monotonic()
+        if options is not None and config.max_seconds is not None:
+            options.time_left = max(1.0, config.max_seconds - seconds)
         try:
             state, changed = step(state, root, config, emit, extra_env, should_stop=should_stop, options=options)
         except ModelError as exc:
             return AgentResult("failed", "", str(exc))
+        except CallStopped:
+            return AgentResult("stopped", "", "stopped on request")
         state["seconds"] = float(state.get("seconds", 0.0)) + (time.monotonic() - started)
         save_state(state)
         if changed:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["ModelConfig", "ModelError", "complete", "check_model"]
+__all__ = ["ModelConfig", "ModelError", "CallStopped", "complete", "check_model"]
 
 REASON_LIMIT = 300  # characters of a provider's error message kept in a ModelError
 RETRY_BASE_WAIT = 1.0  # seconds before the first retry of a passing failure; doubles after
@@ -69,6 +69,11 @@ class ModelConfig:
     max_cost: float | None = None
     max_seconds: float | None = None
     stream: bool = True
+
+
+class CallStopped(Exception):
+    """The caller's ``should_stop()`` turned true while the model call ran; the call was
+    abandoned (its connection closed) and nothing of its answer is kept."""
 
 
 class ModelError(Exception):
@@ -456,7 +461,12 @@ def _delta_text(chunk: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
-def _attempt(litellm: Any, kwargs: dict, config: ModelConfig, on_text: Callable[[str], None] | None) -> Any:
+# Seconds between looks at should_stop while a model call runs: a Stop ends the call this soon.
+STOP_POLL = 0.5
+
+
+def _attempt(litellm: Any, kwargs: dict, config: ModelConfig, on_text: Callable[[str], None] | None,
+             should_stop: Callable[[], bool] | None = None) -> Any:
     """One litellm call, bounded by ``config.timeout`` as a whole; returns a ModelResponse
     (streams assembled by litellm's stream_chunk_builder). Raises ModelError on timeout (not
     to be retried), _Failed with litellm's exception for a provider failure; what ``on_text``
@@ -471,10 +481,15 @@ def _attempt(litellm: Any, kwargs: dict, config: ModelConfig, on_text: Callable[
     ended = False
     try:
         while True:
+            left = deadline - time.monotonic()
             try:
-                kind, value = out.get(timeout=max(0.0, deadline - time.monotonic()))
+                kind, value = out.get(timeout=max(0.0, min(left, STOP_POLL)))
             except queue.Empty:
-                raise ModelError(f"the model call timed out after {config.timeout:g} s") from None
+                if left <= STOP_POLL:
+                    raise ModelError(f"the model call timed out after {config.timeout:g} s") from None
+                if should_stop is not None and should_stop():
+                    raise CallStopped() from None
+                continue
             if kind == "chunk":
                 chunks.append(value)
                 text = _delta_text(value)
@@ -558,7 +573,7 @@ def _rejects_stream_options(exc: Exception) -> bool:
 
 def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
                 on_text: Callable[[str], None] | None = None, extra: dict | None = None,
-                num_retries: int | None = None) -> Any:
+                num_retries: int | None = None, should_stop: Callable[[], bool] | None = None) -> Any:
     """One model answer as a litellm ModelResponse, retried on passing failures; raises
     ModelError. ``extra`` adds litellm keywords; ``num_retries`` overrides the config's."""
     api_key = None
@@ -595,7 +610,7 @@ def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
     attempt = 0
     while True:
         try:
-            return _attempt(litellm, kwargs, config, on_text)
+            return _attempt(litellm, kwargs, config, on_text, should_stop)
         except _EmptyStream:
             if not (tools and kwargs.get("stream")):
                 raise
@@ -616,9 +631,18 @@ def _call_model(messages: list[dict], config: ModelConfig, tools: list[dict], *,
                 continue
             attempt += 1
             if attempt <= retries and _is_transient(exc):
-                time.sleep(_retry_after(exc, attempt))
+                _pause(_retry_after(exc, attempt), should_stop)
                 continue
             raise _to_model_error(exc, config) from exc
+
+
+def _pause(seconds: float, should_stop: Callable[[], bool] | None) -> None:
+    """Sleep before a retry; raises CallStopped as soon as should_stop() is true."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        if should_stop is not None and should_stop():
+            raise CallStopped()
+        time.sleep(min(left, STOP_POLL))
 
 
 def _supports_stream_options(litellm: Any, model: str) -> bool:
@@ -682,7 +706,8 @@ def _assistant_message(response: Any, step_no: int) -> dict:
 
 
 def complete(messages: list[dict], config: ModelConfig, tools: list[dict], step_no: int = 1, *,
-             on_text: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+             on_text: Callable[[str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> tuple[dict, dict]:
     """One model answer to ``messages`` (OpenAI chat format) with ``tools`` (OpenAI tool schemas).
 
     Returns ``(answer, usage)``: ``answer`` is a JSON-serialisable assistant message
@@ -697,9 +722,11 @@ def complete(messages: list[dict], config: ModelConfig, tools: list[dict], step_
     text once). An exception from it abandons the call and propagates as is.
 
     The whole call, streamed or not, takes at most ``config.timeout`` seconds (plus retries,
-    see :class:`ModelConfig`). Raises :class:`ModelError` for every provider failure.
+    see :class:`ModelConfig`). Raises :class:`ModelError` for every provider failure, and
+    :class:`CallStopped` within about half a second of ``should_stop()`` turning true (polled
+    while the call waits and between retries).
     """
-    response = _call_model(messages, config, tools, on_text=on_text)
+    response = _call_model(messages, config, tools, on_text=on_text, should_stop=should_stop)
     return _assistant_message(response, step_no), _usage(response)
 
 

@@ -446,9 +446,10 @@ def roll_back_card(card: Card, sha: str) -> str:
     run.emit("checkpoint", note, {"rolled_back_to": sha, "kept": keep})
     Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
     if run.agent_state and run.agent_state.get("messages"):
-        state = dict(run.agent_state)
-        state["messages"] = [*state["messages"], {"role": "user", "content": f"[The lead rolled the branch back to "
-                             f"commit {sha[:10]}; the changes after it were undone.]"}]
+        from agents import builtin
+
+        state = builtin.add_note(run.agent_state, f"[The lead rolled the branch back to commit {sha[:10]}; the "
+                                                  "changes after it were undone.]")
         Run.objects.filter(pk=run.pk).update(agent_state=state)
     return note
 

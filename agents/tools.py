@@ -764,14 +764,16 @@ def execute_tool(
     should_stop: Callable[[], bool] | None = None,
     allowed: frozenset[str] | set[str] | None = None,
     base: str | None = None,
+    max_timeout: float | None = None,
 ) -> tuple[str, bool]:
     """Run the tool ``name`` with the JSON-encoded ``arguments_json`` in the worktree ``root``.
 
     Returns ``(output, is_error)``; never raises for anything the model can cause: malformed
     JSON, an unknown or not ``allowed`` tool (``None`` allows all), missing or unexpected
     arguments and :class:`ToolError` all come back as ``("error: …", True)``, so the model can
-    retry. ``extra_env`` and ``should_stop`` are passed to :func:`run_command`, ``base`` (the
-    run's start commit) to :func:`show_diff`. An unexpected
+    retry. ``extra_env`` and ``should_stop`` are passed to :func:`run_command`, whose timeout
+    ``max_timeout`` (seconds, None for no cap) caps whatever the model asked for; ``base`` (the
+    run's start commit) goes to :func:`show_diff`. An unexpected
     exception inside a tool (a bug, a full disk) is reported the same way, with its type.
     """
     if name not in TOOLS or (allowed is not None and name not in allowed):
@@ -787,6 +789,12 @@ def execute_tool(
     kwargs = dict(arguments)
     if name == "run_command":
         kwargs.update(extra_env=extra_env, should_stop=should_stop)
+        if max_timeout is not None:
+            try:
+                asked = float(kwargs.get("timeout", DEFAULT_COMMAND_TIMEOUT))
+            except (TypeError, ValueError):
+                asked = DEFAULT_COMMAND_TIMEOUT
+            kwargs["timeout"] = max(1.0, min(asked, max_timeout))
     elif name == "show_diff":
         kwargs.update(base=base)
     try:

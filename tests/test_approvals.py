@@ -264,3 +264,46 @@ def test_a_stop_asked_just_before_the_run_would_wait_ends_it_stopped(make_card, 
     run = execute(run)
 
     assert run.state == RunState.STOPPED and run.pending is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_during_a_stalled_model_call_ends_the_run_stopped_within_seconds(make_card, project, llm, settings):
+    settings.BOARD_MODEL_TIMEOUT = 120
+    card = builtin_card(make_card, project, llm([{"stall": 120, "content": "too late"}]))
+    run = card.start()
+    worker = execute_in_thread(run.pk)
+    time.sleep(2)
+    asked = time.monotonic()
+
+    card.stop()
+    worker.join(15)
+
+    assert not worker.is_alive() and time.monotonic() - asked < 8
+    run.refresh_from_db()
+    assert run.state == RunState.STOPPED
+
+
+def test_roll_back_of_a_run_stopped_while_waiting_then_resume_and_approve(make_card, project, llm):
+    write = lambda name: answer(call("write_file", path=name, content=f"{name}\n"))  # noqa: E731
+    server = llm([write("a.txt"), write("b.txt"), write("c.txt"), FINISH])
+    card = builtin_card(make_card, project, server, approvals="changes")
+    run = execute(card.start())
+    for _ in range(2):  # a.txt, then b.txt approved; c.txt waits
+        run.decide(True)
+        run = execute(run)
+    assert run.pending["title"] == "write_file c.txt"
+    card.stop()
+    card.refresh_from_db()
+    first = card.current_run.commits[0]
+
+    runner.roll_back_card(card, first)
+    resumed = execute(card.resume())
+    assert resumed.state == RunState.AWAITING_APPROVAL
+    resumed.decide(True)
+    resumed = execute(resumed)
+
+    assert resumed.state == RunState.SUCCEEDED, resumed.error
+    card.refresh_from_db()
+    files = git(project.repo_path, "ls-tree", "--name-only", card.branch).split()
+    assert "a.txt" in files and "c.txt" in files and "b.txt" not in files
+    assert any("rolled the branch back" in (m.get("content") or "") for m in server.requests[-1]["messages"])

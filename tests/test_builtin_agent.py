@@ -22,6 +22,7 @@ from agents import llm
 from agents.builtin import (
     AgentResult,
     LoopOptions,
+    add_note,
     ModelConfig,
     ModelError,
     decide,
@@ -810,3 +811,88 @@ def test_the_conversation_keeps_every_call_with_its_result_across_steps_and_wait
     assert [m["tool_call_id"] for m in sent[3:5]] == [c["id"] for c in sent[2]["tool_calls"]]
     assert conversation_error(sent) == ""
     assert conversation_error(sent[:3] + sent[4:]) != "", "the fake server refuses what OpenAI's API refuses"
+
+
+def test_ending_with_plain_text_still_has_to_pass_the_checks(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([
+        answer(call("write_file", path="bad.py", content="def f(:\n")),
+        {"content": "All done."},
+        {"content": "Really done."},
+        answer(call("write_file", path="bad.py", content="def f():\n    pass\n")),
+        {"content": "Fixed."},
+        {"content": "Fixed, really."},
+    ])
+    rec = Recorder()
+
+    result = agent_run(repo, config_for(server, model_key), rec)
+
+    assert result == AgentResult("succeeded", "Fixed, really.", "")
+    assert "bad.py:1" in server.requests[3]["messages"][-1]["content"]
+    assert [data["passed"] for kind, _, data in rec.events if kind == "check"] == [False, True]
+
+
+def test_a_plan_written_as_plain_text_waits_for_the_lead_too(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([{"content": "1. Do it."}, {"content": "1. Do it, really."},
+                       answer(call("write_file", path="P.md", content="p\n")), FINISH])
+    rec = Recorder()
+    waiting = agent_run(repo, config_for(server, model_key), rec, state=new_state("t", "p", read_only=True))
+    assert waiting.state == "waiting" and waiting.pending["detail"] == "1. Do it, really."
+
+    result = agent_run(repo, config_for(server, model_key), rec, state=decide(rec.states[-1], True, "1. Write P.md"))
+
+    assert result.state == "succeeded" and (repo / "P.md").exists()
+    assert "1. Write P.md" in server.requests[2]["messages"][-1]["content"]
+    assert "write_file" in {t["function"]["name"] for t in server.requests[2]["tools"]}
+
+
+def test_a_stop_ends_a_stalled_model_call_within_seconds(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([{"stall": 60, "content": "too late"}])
+    asked = time.monotonic()
+
+    result = agent_run(repo, config_for(server, model_key, timeout=60), Recorder(),
+                       should_stop=lambda: time.monotonic() - asked > 1)
+
+    assert result == AgentResult("stopped", "", "stopped on request")
+    assert time.monotonic() - asked < 5
+
+
+def test_the_time_budget_caps_a_long_command(repo, fake_llm, model_key, litellm_loaded):
+    server = fake_llm([answer(call("run_command", command="sleep 30; echo late > late.txt", timeout=1800)), FINISH])
+    started = time.monotonic()
+
+    rec = Recorder()
+
+    result = agent_run(repo, config_for(server, model_key, max_seconds=3), rec, options=LoopOptions())
+
+    assert time.monotonic() - started < 15
+    assert result.state == "stopped" and "time budget" in result.error
+    assert not (repo / "late.txt").exists()
+    assert "timed out" in rec.states[-1]["messages"][-1]["content"]
+
+
+def test_a_note_waits_until_the_queued_calls_have_their_results():
+    state = new_state("t", "p")
+    call_msg = {"id": "c1", "type": "function", "function": {"name": "list_files", "arguments": "{}"}}
+    state["messages"].append({"role": "assistant", "content": None, "tool_calls": [call_msg]})
+    state["queue"] = [call_msg]
+
+    noted = add_note(state, "rolled back")
+
+    assert noted["messages"] == state["messages"] and noted["notes"] == ["rolled back"]
+    assert add_note(new_state("t", "p"), "hi")["messages"][-1] == {"role": "user", "content": "hi"}
+
+
+def test_old_tool_call_arguments_are_shortened_and_stay_valid_json():
+    big = {"path": "big.txt", "content": "y" * 60_000}
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "task"}]
+    for i in range(4):
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": str(i), "type": "function", "function": {"name": "write_file", "arguments": json.dumps(big)}}]})
+        messages.append({"role": "tool", "tool_call_id": str(i), "name": "write_file", "content": "ok"})
+    messages += [{"role": "user", "content": "go on"}] * 6
+
+    fit_context(messages, 8192)
+
+    shortened = json.loads(messages[2]["tool_calls"][0]["function"]["arguments"])
+    assert shortened["path"] == "big.txt" and "context window" in shortened["content"]
+    assert estimate_tokens(messages) <= 8192 * 0.8
