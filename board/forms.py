@@ -90,19 +90,55 @@ class ProjectForm(forms.ModelForm):
         return data
 
 
+# How API keys of common providers begin (OpenAI, Anthropic, Groq, Hugging Face, xAI, Google,
+# GitHub, GitLab, Replicate, Perplexity): such a value is a key, not a variable's name.
+KEY_PREFIXES = ("sk-", "sk_", "gsk_", "hf_", "xai-", "AIza", "ghp_", "github_pat_", "glpat-", "r8_", "pplx-")
+
+
+def looks_like_key(value: str) -> bool:
+    """True for a value that is more likely a secret than a variable name: a known key prefix,
+    or a long run that mixes lower case and digits (variable names are words)."""
+    if value.startswith(KEY_PREFIXES):
+        return True
+    return len(value) >= 32 and any(c.islower() for c in value) and sum(c.isdigit() for c in value) >= 4
+
+
 def clean_env_name(value: str) -> str:
     """An environment variable's NAME (or empty); a value that looks like a key is refused."""
     value = (value or "").strip()
-    if value and not ENV_NAME.match(value):
+    if value and (not ENV_NAME.match(value) or looks_like_key(value)):
         raise forms.ValidationError("Give the NAME of an environment variable (such as OPENAI_API_KEY), not the key itself.")
     return value
 
 
+HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+
+
 def clean_api_base(value: str) -> str:
-    """An http(s) URL without spaces, or empty."""
+    """An http(s) URL with a host (a name, one-label intranet names included, or an IP address),
+    a port up to 65535 and no spaces or control characters; or empty."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
     value = (value or "").strip()
-    if value and not re.match(r"^https?://[^\s/]+\S*$", value):
-        raise forms.ValidationError("The API base must be an http:// or https:// URL, such as http://127.0.0.1:11434.")
+    if not value:
+        return value
+    message = "The API base must be an http:// or https:// URL, such as http://127.0.0.1:11434/v1."
+    if not value.isprintable() or any(ch.isspace() for ch in value):
+        raise forms.ValidationError(message)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError beyond 65535
+    except ValueError:
+        raise forms.ValidationError(message) from None
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        good_host = True
+    except ValueError:
+        good_host = bool(HOST_NAME.match(host))
+    if parts.scheme not in ("http", "https") or not good_host or port == 0:
+        raise forms.ValidationError(message)
     return value
 
 
@@ -133,8 +169,25 @@ class ModelFieldsMixin:
     def clean_max_cost(self):
         value = self.cleaned_data.get("max_cost")
         if value is not None and value <= 0:
-            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for none.")
+            raise forms.ValidationError("A cost budget must be more than $0; leave it empty for the default.")
         return value
+
+    def clean_max_steps(self):
+        return _at_least_one(self.cleaned_data.get("max_steps"), "A step budget")
+
+    def clean_max_minutes(self):
+        return _at_least_one(self.cleaned_data.get("max_minutes"), "A time budget")
+
+
+def _at_least_one(value, what: str):
+    if value is not None and value < 1:
+        raise forms.ValidationError(f"{what} must be at least 1; leave it empty for the default.")
+    return value
+
+
+def _plan_needs_builtin(form: forms.BaseForm, mode: str | None, agent: Agent | None) -> None:
+    if mode == Mode.PLAN and agent is not None and agent.kind != Agent.Kind.BUILTIN:
+        form.add_error("mode", "Plan first needs the built-in agent: a command agent cannot be held to reading.")
 
 
 class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
@@ -217,21 +270,31 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
                                             *Approvals.choices]
         self.fields["model"].help_text = f"Empty: the project's ({project.model or 'none set'})."
 
+    def clean(self):
+        data = super().clean()
+        if not data.get("model") and (data.get("api_base") or data.get("api_key_env")):
+            self.add_error("model", "Name the model too: the card's API base and key variable go with its own model.")
+        _plan_needs_builtin(self, data.get("mode"), self.instance.agent)
+        return data
+
 
 class ModelTestForm(ModelFieldsMixin, forms.Form):
     """The model to try with one small real call (the models page's Test button)."""
 
-    model = forms.CharField(max_length=200, error_messages={"required": "Name a model to test."})
-    api_base = forms.CharField(max_length=500, required=False)
-    api_key_env = forms.CharField(max_length=100, required=False)
+    model = forms.CharField(max_length=200, error_messages={"required": "Name a model to test."}, help_text=MODEL_HELP)
+    api_base = forms.CharField(max_length=500, required=False, label="API base URL")
+    api_key_env = forms.CharField(max_length=100, required=False, label="API key environment variable")
 
 
 class DecisionForm(forms.Form):
     """The lead's answer to a run waiting for them: approve or deny, with a text (the answer, the
-    edited plan or the reason)."""
+    edited plan or the reason), and the kind of wait the page showed (so a stale page cannot
+    approve something else)."""
 
     decision = forms.ChoiceField(choices=[("approve", "Approve"), ("deny", "Deny")])
     text = forms.CharField(required=False, max_length=PROMPT_LIMIT, strip=True)
+    kind = forms.ChoiceField(choices=[("approval", "approval"), ("question", "question"), ("plan", "plan")],
+                             required=False)
 
 
 class FollowUpForm(forms.Form):
@@ -306,3 +369,8 @@ class CardForm(forms.Form):
         if not title:
             raise forms.ValidationError("Give the card a title.")
         return title
+
+    def clean(self):
+        data = super().clean()
+        _plan_needs_builtin(self, data.get("mode"), data.get("agent"))
+        return data

@@ -477,11 +477,13 @@ class Run(models.Model):
             self.emit("state", RunState.AWAITING_APPROVAL, {"pending": pending})
         return True
 
-    def decide(self, approved: bool, text: str = "") -> None:
+    def decide(self, approved: bool, text: str = "", kinds: tuple[str, ...] | None = None) -> None:
         """The lead's decision on what the run waits for: approve (with ``text``: the answer to a
         question, or the plan as edited) or deny (``text``: the reason, sent to the agent). The
-        run is queued again and goes on from its stored state on the next free worker. Raises
-        BoardError when the run is not waiting (decided already, or stopped)."""
+        run is queued again and goes on from its stored state on the next free worker. ``kinds``
+        ("approval", "question", "plan") is what the lead means to answer; a run waiting for
+        something else is refused, so an answer never approves a command. Raises BoardError when
+        the run is not waiting (decided already, or stopped) or waits for another kind."""
         from agents.builtin import decide  # the state's shape is the loop's business
 
         with transaction.atomic():
@@ -489,6 +491,9 @@ class Run(models.Model):
             if run.state != RunState.AWAITING_APPROVAL or not run.pending:
                 raise BoardError("This run is not waiting for you any more.")
             kind = run.pending.get("kind")
+            if kinds and kind not in kinds:
+                waits = {"approval": "an approval", "question": "an answer to a question", "plan": "a plan review"}
+                raise BoardError(f"This run waits for {waits.get(kind, kind)}, not for that: look at the card again.")
             if kind == "question" and approved and not text.strip():
                 raise BoardError("Write an answer to the agent's question.")
             try:

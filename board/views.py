@@ -208,7 +208,8 @@ def run_decide(request, run_id):
         error = "; ".join(e for errors in form.errors.values() for e in errors)
     else:
         try:
-            run.decide(form.cleaned_data["decision"] == "approve", form.cleaned_data["text"])
+            kind = form.cleaned_data["kind"]
+            run.decide(form.cleaned_data["decision"] == "approve", form.cleaned_data["text"], (kind,) if kind else None)
         except BoardError as exc:
             error = str(exc)
     return _card_answer(request, run.card_id, error)

@@ -181,10 +181,14 @@ def test_card_commands_approve_deny_and_answer_what_a_run_waits_for(project, mon
 
         with pytest.raises(CommandError, match="Write an answer"):
             run_cmd("card", "answer", str(card_id), "--text", " ")
+        with pytest.raises(CommandError, match="waits for an answer to a question"):
+            run_cmd("card", "approve", str(card_id))
         run_cmd("card", "answer", str(card_id), "--text", "This one")
         runner.execute(run.pk)
     run.refresh_from_db()
     assert run.state == "awaiting_approval" and run.pending["kind"] == "plan"
+    with pytest.raises(CommandError, match="waits for a plan review"):
+        run_cmd("card", "answer", str(card_id), "--text", "not a plan")
     with pytest.raises(CommandError, match="can be resumed"):
         run_cmd("card", "resume", str(card_id))
     run_cmd("card", "deny", str(card_id), "--reason", "shorter")

@@ -57,6 +57,11 @@ def test_project_settings_save_the_model_approvals_check_and_budgets(client, pro
     ("base_branch", "nope", "does not exist"),
     ("branch_prefix", "a b", "branch prefix"),
     ("max_steps", "-3", ""),
+    ("max_steps", "0", "at least 1"),
+    ("max_minutes", "0", "at least 1"),
+    ("api_key_env", "gsk_8fJ2kLmN0pQrStUvWxYz1234567890abcdefGHIJKLmnop", "NAME of an environment variable"),
+    ("api_base", "http://a..b/v1", "http:// or https://"),
+    ("api_base", "http://127.0.0.1:99999/v1", "http:// or https://"),
     ("max_cost", "0", "more than $0"),
     ("context_window", "100", "1,024"),
     ("mcp_servers", "no colon here", "line 1"),
@@ -220,3 +225,37 @@ def test_a_change_waiting_for_approval_shows_its_diff_highlighted_and_escaped(cl
     assert 'class="pending-detail diff highlight"' in board
     assert "&lt;b&gt;bold&lt;/b&gt;" in board and "<b>bold</b>" not in board
     assert 'class="gi"' in board  # Pygments marks the added line
+
+
+def test_an_intranet_host_name_is_a_good_api_base(client, project):
+    response = client.post(f"/projects/{project.pk}/settings", settings_data(
+        project, model="ollama_chat/qwen2.5-coder", api_base="http://gpu-box:11434"))
+    assert response.status_code == 302
+
+
+def test_a_card_api_base_without_its_own_model_is_refused(client, make_card, project):
+    card = make_card(kind="builtin", command="")
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "api_base": "http://127.0.0.1:9/v1"})
+    assert response.status_code == 422 and "Name the model too" in response.content.decode()
+
+
+def test_plan_first_is_refused_for_a_command_agent(client, make_card, project):
+    card = make_card("echo hi")
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "plan"})
+    assert response.status_code == 422 and "Plan first needs the built-in agent" in response.content.decode()
+    created = client.post(f"/projects/{project.pk}/cards/", {"title": "x", "agent": card.agent.name, "mode": "plan"},
+                          HTTP_HX_REQUEST="true")
+    assert created.status_code == 422 and "Plan first needs the built-in agent" in created.content.decode()
+
+
+def test_a_stale_page_cannot_approve_what_the_run_now_waits_for(client, make_card, project):
+    script = [{"tool_calls": [{"name": "run_command", "arguments": {"command": "echo x"}}]}]
+    card, run, llm = waiting_card(make_card, project, script, approvals="commands")
+    try:
+        response = client.post(f"/runs/{run.pk}/decide", {"decision": "approve", "text": "an answer",
+                                                          "kind": "question"}, HTTP_HX_REQUEST="true")
+    finally:
+        llm.stop()
+    assert response.status_code == 409 and "waits for an approval" in response.content.decode()
+    run.refresh_from_db()
+    assert run.state == RunState.AWAITING_APPROVAL

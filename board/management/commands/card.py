@@ -48,7 +48,7 @@ class Command(BaseCommand):
             waiting.add_argument("--timeout", type=float, default=None, help="Seconds to wait at most (with --wait).")
         stop = sub.add_parser("stop", help="Stop a card's run; prints the card's JSON when it has ended.")
         stop.add_argument("id", type=int)
-        stop.add_argument("--timeout", type=float, default=30.0, help="Seconds to wait for the run to end.")
+        stop.add_argument("--timeout", type=float, default=30.0, help="Seconds to wait for the run to end (above 0).")
         delete = sub.add_parser("delete", help="Stop a card's agent, remove its worktree and delete the card.")
         delete.add_argument("id", type=int)
         delete.add_argument(
@@ -90,20 +90,20 @@ class Command(BaseCommand):
         self._queue(options, lambda card: card.follow_up(options["text"]))
 
     def do_approve(self, options):
-        self._queue(options, lambda card: self._decide(card, True, options["text"]))
+        self._queue(options, lambda card: self._decide(card, True, options["text"], ("approval", "plan")))
 
     def do_deny(self, options):
         self._queue(options, lambda card: self._decide(card, False, options["reason"]))
 
     def do_answer(self, options):
-        self._queue(options, lambda card: self._decide(card, True, options["text"]))
+        self._queue(options, lambda card: self._decide(card, True, options["text"], ("question",)))
 
     @staticmethod
-    def _decide(card: Card, approved: bool, text: str):
+    def _decide(card: Card, approved: bool, text: str, kinds: tuple[str, ...] | None = None):
         run = card.current_run
         if run is None:
             raise BoardError("This card has no run.")
-        run.decide(approved, text)
+        run.decide(approved, text, kinds)
         return run
 
     def _queue(self, options, action):
@@ -139,6 +139,8 @@ class Command(BaseCommand):
             raise CommandError(f"Run {run.pk} ended {data['state']}: {data['error']}")
 
     def do_stop(self, options):
+        if options["timeout"] <= 0:
+            raise CommandError("--timeout must be a number of seconds above 0.")
         card = self._card(options["id"])
         try:
             card.stop()
