@@ -826,6 +826,8 @@ def roll_back(worktree_path: str, base_commit: str, target: str, keep_ref: str) 
     if not on_branch:
         raise GitError(f"Commit {target[:12]} is not one of the card's checkpoints.")
     head = _git(wt, "rev-parse", "HEAD", doing="read the branch's commit", read_only=True).out.strip()
+    if head == sha:
+        raise GitError(f"The branch is at {sha[:12]} already; nothing to roll back.")
     # update-ref with an empty old value refuses to overwrite an existing ref.
     _git(wt, "update-ref", keep_ref, head, "", doing=f"keep {head[:12]} as {keep_ref}")
     _git(wt, "reset", "--hard", "--quiet", sha, doing=f"reset the card's branch to {sha[:12]}")

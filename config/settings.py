@@ -170,5 +170,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("BOARD_LOG_LEVEL", default="WARNING")},
-    "loggers": {"board": {"level": "INFO"}, "agents": {"level": "INFO"}},
+    "loggers": {
+        "board": {"level": "INFO"},
+        "agents": {"level": "INFO"},
+        # A refused form or action (4xx) is the lead's answer on the page, not a server problem;
+        # 5xx still show.
+        "django.request": {"level": "ERROR"},
+        # litellm logs whole tracebacks for provider errors the card already explains.
+        "LiteLLM": {"level": "CRITICAL"},
+    },
 }

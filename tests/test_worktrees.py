@@ -766,3 +766,14 @@ def test_roll_back_refuses_a_commit_that_is_not_a_checkpoint_of_the_branch(make_
         wt.roll_back(tree.path, tree.base_commit, elsewhere, "refs/board/rollbacks/card-1/1")
     with pytest.raises(wt.GitError, match="not a valid ref"):
         wt.roll_back(tree.path, tree.base_commit, tree.base_commit, "refs/board/bad name")
+
+
+def test_roll_back_to_the_commit_the_branch_is_at_changes_nothing(make_repo, tmp_path):
+    repo = make_repo()
+    tree = wt.ensure_worktree(str(repo), "main", "agent/1-x", str(tmp_path / "wt"))
+    (Path(tree.path) / "a.txt").write_text("a\n")
+    tip = wt.commit_all(tree.path, "Step 1", wt.Identity("Board", "board@example.invalid"))
+
+    with pytest.raises(wt.GitError, match="already"):
+        wt.roll_back(tree.path, tree.base_commit, tip, "refs/board/rollbacks/card-1/1")
+    assert wt.refs_under(str(repo), "refs/board/") == []
