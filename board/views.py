@@ -141,7 +141,7 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
                 unlanded = 0
         context.update(
             unlanded=unlanded, runs=card.runs.select_related("agent").order_by("-id"),
-            settings_form=CardSettingsForm(instance=card), follow_up_form=FollowUpForm(),
+            settings_form=CardSettingsForm(instance=card),
         )
     return context
 
