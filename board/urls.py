@@ -12,6 +12,7 @@ urlpatterns = [
     path("cards/<int:card_id>/stop", views.card_stop, name="card_stop"),
     path("cards/<int:card_id>/delete", views.card_delete, name="card_delete"),
     path("cards/<int:card_id>/resume", views.card_resume, name="card_resume"),
+    path("cards/<int:card_id>/log", views.card_log, name="card_log"),
     path("cards/<int:card_id>/follow-up", views.card_follow_up, name="card_follow_up"),
     path("cards/<int:card_id>/settings", views.card_settings, name="card_settings"),
     path("cards/<int:card_id>/rollback", views.card_rollback, name="card_rollback"),

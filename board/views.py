@@ -146,6 +146,20 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
     return context
 
 
+def card_log(request, card_id):
+    """The ``LOG_TAIL`` log lines of run ``run`` before sequence number ``before``, with their own
+    "Load earlier" button while more remain (the card page's "Load earlier lines")."""
+    card = get_object_or_404(Card, pk=card_id)
+    try:
+        run_id, before = int(request.GET.get("run", "")), int(request.GET.get("before", ""))
+    except ValueError:
+        return HttpResponse("run and before must be numbers", status=400)
+    run = get_object_or_404(Run, pk=run_id, card_id=card.pk)
+    events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0, seq__lt=before).order_by("-seq")[:LOG_TAIL])[::-1]
+    context = {"card": card, "run": run, "events": events, "earlier": bool(events) and events[0].seq > 1}
+    return render(request, "board/card_detail.html#log-earlier", context)
+
+
 def card_detail(request, card_id):
     card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
     return render(request, "board/card_detail.html", card_context(card))

@@ -259,3 +259,21 @@ def test_a_stale_page_cannot_approve_what_the_run_now_waits_for(client, make_car
     assert response.status_code == 409 and "waits for an approval" in response.content.decode()
     run.refresh_from_db()
     assert run.state == RunState.AWAITING_APPROVAL
+
+
+def test_load_earlier_pages_back_through_a_long_log(client, make_card, project):
+    card = make_card()
+    run = card.start()  # its first event, "queued", is seq 1
+    for i in range(1, 1201):
+        run.emit("log", f"line-{i}")
+    page = client.get(f"/cards/{card.pk}/").content.decode()
+    assert "line-1200" in page and ">line-1<" not in page and "Load earlier lines" in page
+
+    seqs = list(run.events.filter(kind="log").order_by("seq").values_list("seq", "text"))
+    shown_first = min(seq for seq, text in seqs if f">{text}<" in page)
+    older = client.get(f"/cards/{card.pk}/log?run={run.pk}&before={shown_first}").content.decode()
+    assert older.count('class="line') == 500 and f"before={shown_first - 500}" in older
+    oldest = client.get(f"/cards/{card.pk}/log?run={run.pk}&before=200").content.decode()
+    assert ">line-1<" in oldest and "Load earlier lines" not in oldest
+    assert client.get(f"/cards/{card.pk}/log?run=x&before=1").status_code == 400
+    assert client.get(f"/cards/{card.pk}/log?run=999999&before=1").status_code == 404
