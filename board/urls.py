@@ -18,6 +18,7 @@ urlpatterns = [
     path("cards/<int:card_id>/rollback", views.card_rollback, name="card_rollback"),
     path("runs/<int:run_id>/decide", views.run_decide, name="run_decide"),
     path("projects/<int:project_id>/settings", views.project_settings, name="project_settings"),
+    path("projects/<int:project_id>/start-all", views.project_start_all, name="project_start_all"),
     path("models/", views.models_page, name="models"),
     path("models/test", views.model_test, name="model_test"),
     path("agents/", views.agents, name="agents"),

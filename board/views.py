@@ -199,6 +199,27 @@ def card_stop(request, card_id):
 
 
 @require_POST
+def project_start_all(request, project_id):
+    """Start every card in the project's Backlog, top first; says how many started and why any
+    did not."""
+    project = get_object_or_404(Project, pk=project_id)
+    started, refused = 0, []
+    for card in project.cards.filter(column=Column.BACKLOG).select_related("agent", "project"):
+        try:
+            card.start()
+            started += 1
+        except BoardError as exc:
+            refused.append(f"#{card.pk} {card.title}: {exc}")
+    if started:
+        messages.success(request, f"Started {started} card{'s' if started != 1 else ''}.")
+    for line in refused:
+        messages.error(request, f"Not started: {line}")
+    if not started and not refused:
+        messages.info(request, "The Backlog is empty.")
+    return redirect("board", project_id=project.pk)
+
+
+@require_POST
 def card_resume(request, card_id):
     return _card_action(request, card_id, "resume")
 

@@ -277,3 +277,20 @@ def test_load_earlier_pages_back_through_a_long_log(client, make_card, project):
     assert ">line-1<" in oldest and "Load earlier lines" not in oldest
     assert client.get(f"/cards/{card.pk}/log?run=x&before=1").status_code == 400
     assert client.get(f"/cards/{card.pk}/log?run=999999&before=1").status_code == 404
+
+
+def test_start_all_starts_every_backlog_card_and_says_why_one_could_not(client, make_card, project):
+    ready = [make_card("echo a"), make_card("echo b")]
+    no_model = make_card(kind="builtin", command="")
+    board = client.get(f"/projects/{project.pk}/").content.decode()
+    assert "Start all" in board
+
+    response = client.post(f"/projects/{project.pk}/start-all", follow=True)
+
+    body = response.content.decode()
+    assert "Started 2 cards." in body and f"#{no_model.pk}" in body and "Set a model first" in body
+    for card in ready:
+        card.refresh_from_db()
+        assert card.column == Column.IN_PROGRESS and card.current_run.state == RunState.QUEUED
+    no_model.refresh_from_db()
+    assert no_model.column == Column.BACKLOG
