@@ -276,3 +276,24 @@ def project_clone(e2e_dir) -> Clone:
         head=git(path, "rev-parse", "HEAD"),
         status=git(path, "status", "--porcelain"),
     )
+
+
+def add_card(page, title: str, prompt: str, agent: str, mode: str | None = None) -> int:
+    """Create a card with the board page's form (``mode`` is the label of a mode choice, left as
+    it is when None); waits until the card shows, idle, in the Backlog and the form is empty
+    again. Returns the card's id."""
+    from playwright.sync_api import expect
+
+    form = page.locator("#card-form")
+    form.get_by_label("Title").fill(title)
+    form.locator("[name=prompt]").fill(prompt)
+    form.locator("[name=agent]").select_option(agent)
+    if mode is not None:
+        form.locator("[name=mode]").select_option(label=mode)
+    form.get_by_role("button", name="Add card").click()
+    card = page.locator("#list-backlog article.card", has_text=title)
+    expect(card).to_be_visible()
+    expect(card).to_have_attribute("data-state", "idle")
+    # The htmx response swaps in a fresh, empty form.
+    expect(page.locator("#card-form [name=title]")).to_have_value("")
+    return int(card.get_attribute("id").removeprefix("card-"))

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import git as run_git
-from tests.e2e.conftest import FAKE_LLM_KEY, git
+from tests.e2e.conftest import FAKE_LLM_KEY, add_card, git
 from tests.fake_llm import SCRIPT_EXHAUSTED, FakeLLM
 
 pytestmark = pytest.mark.e2e
@@ -104,15 +103,6 @@ def routed_llm():
 # --------------------------------------------------------------------------- helpers
 
 
-def make_repo(path: Path) -> Path:
-    path.mkdir()
-    run_git(path, "init", "-q", "-b", "main")
-    (path / "README.md").write_text("# Built-in flows\n")
-    run_git(path, "add", "README.md")
-    run_git(path, "commit", "-q", "-m", "Initial commit")
-    return path
-
-
 def add_project(page, board, repo: Path) -> str:
     """Add ``repo`` as a project through the home page; returns the board's URL."""
     page.goto(board.url + "/")
@@ -144,20 +134,6 @@ def configure_model(page, board_url: str, llm: FakeLLM, approvals: str) -> None:
     expect(page.locator(".board-head")).to_contain_text(MODEL)
     expect(page.locator("#ws-status")).to_have_text("live", timeout=20_000)
     page.evaluate("window.__noReload = 1")
-
-
-def add_card(page, title: str, prompt: str, mode: str = "Act") -> int:
-    form = page.locator("#card-form")
-    form.get_by_label("Title").fill(title)
-    form.locator("[name=prompt]").fill(prompt)
-    form.locator("[name=agent]").select_option(AGENT)
-    form.locator("[name=mode]").select_option(label=mode)
-    form.get_by_role("button", name="Add card").click()
-    card = page.locator("#list-backlog article.card", has_text=title)
-    expect(card).to_be_visible()
-    expect(card).to_have_attribute("data-state", "idle")
-    expect(page.locator("#card-form [name=title]")).to_have_value("")
-    return int(card.get_attribute("id").removeprefix("card-"))
 
 
 def start(page, card_id: int) -> None:
@@ -214,15 +190,15 @@ def watch_errors(page) -> list[str]:
 
 
 def test_plan_first_is_edited_and_approved_on_the_board_then_acted_on(
-    board, routed_llm, page, output_dir, tmp_path
+    board, routed_llm, page, output_dir, make_repo
 ):
     started = time.monotonic()
     errors = watch_errors(page)
-    repo = make_repo(tmp_path / "plan-repo")
+    repo = make_repo("plan-repo")
     board_url = add_project(page, board, repo)
     configure_model(page, board_url, routed_llm, "Automatic")
 
-    card_id = add_card(page, PLAN_CARD, "Plan first: a greeting file.", mode="Plan first, act once approved")
+    card_id = add_card(page, PLAN_CARD, "Plan first: a greeting file.", AGENT, mode="Plan first, act once approved")
     card = page.locator(f"#card-{card_id}")
     expect(card.locator(".card-meta")).to_contain_text("plan first")
     start(page, card_id)
@@ -265,16 +241,16 @@ def test_plan_first_is_edited_and_approved_on_the_board_then_acted_on(
 
 
 def test_a_command_waits_for_approval_a_denial_reaches_the_model_and_an_approval_runs_it(
-    board, routed_llm, page, output_dir, tmp_path
+    board, routed_llm, page, output_dir, make_repo
 ):
     started = time.monotonic()
     errors = watch_errors(page)
-    repo = make_repo(tmp_path / "approval-repo")
+    repo = make_repo("approval-repo")
     board_url = add_project(page, board, repo)
     configure_model(page, board_url, routed_llm, "Ask before running a command")
 
-    deny_id = add_card(page, DENY_CARD, "Run the command.")
-    approve_id = add_card(page, APPROVE_CARD, "Run the command.")
+    deny_id = add_card(page, DENY_CARD, "Run the command.", AGENT)
+    approve_id = add_card(page, APPROVE_CARD, "Run the command.", AGENT)
     start(page, deny_id)
     start(page, approve_id)
 
@@ -318,14 +294,14 @@ def test_a_command_waits_for_approval_a_denial_reaches_the_model_and_an_approval
     print(f"\napprovals: {time.monotonic() - started:.1f} s")
 
 
-def test_a_follow_up_from_the_card_page_continues_the_conversation_live(board, routed_llm, page, tmp_path):
+def test_a_follow_up_from_the_card_page_continues_the_conversation_live(board, routed_llm, page, make_repo):
     started = time.monotonic()
     errors = watch_errors(page)
-    repo = make_repo(tmp_path / "follow-repo")
+    repo = make_repo("follow-repo")
     board_url = add_project(page, board, repo)
     configure_model(page, board_url, routed_llm, "Automatic")
 
-    card_id = add_card(page, FOLLOW_CARD, "Write NOTES.md.")
+    card_id = add_card(page, FOLLOW_CARD, "Write NOTES.md.", AGENT)
     start(page, card_id)
     expect_review(page, card_id, "Wrote NOTES.md")
     assert len(routed_llm.conversation(FOLLOW_CARD)) == 2

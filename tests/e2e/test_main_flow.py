@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import git
+from tests.e2e.conftest import add_card, git
 
 pytestmark = pytest.mark.e2e
 
@@ -37,20 +37,6 @@ def add_agent(page, board, name: str, kind: str, **fields: str) -> None:
     form.get_by_role("button", name="Add agent").click()
     expect(page.locator(".messages")).to_contain_text(f"Agent '{name}' added.")
     expect(page.locator("table.agents tbody tr", has_text=name)).to_contain_text("enabled")
-
-
-def add_card(page, title: str, prompt: str, agent: str) -> int:
-    form = page.locator("#card-form")
-    form.get_by_label("Title").fill(title)
-    form.locator("[name=prompt]").fill(prompt)
-    form.locator("[name=agent]").select_option(agent)
-    form.get_by_role("button", name="Add card").click()
-    card = page.locator("#list-backlog article.card", has_text=title)
-    expect(card).to_be_visible()
-    expect(card).to_have_attribute("data-state", "idle")
-    # The htmx response swaps in a fresh, empty form.
-    expect(page.locator("#card-form [name=title]")).to_have_value("")
-    return int(card.get_attribute("id").removeprefix("card-"))
 
 
 def card_json(board, card_id: int) -> dict:
