@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agents.llm import CallStopped, ModelConfig, ModelError, complete
+from agents.llm import CallStopped, ModelConfig, ModelError, complete, context_window
 from agents.tools import (
     READ_ONLY_TOOL_SCHEMAS,
     READ_ONLY_TOOLS,
@@ -38,7 +38,7 @@ from agents.tools import (
 __all__ = [
     "ModelConfig", "AgentResult", "LoopOptions", "ModelError", "new_state", "follow_up", "decide", "add_note", "step",
     "run",
-    "fit_context", "SYSTEM_PROMPT",
+    "fit_context", "context_window", "SYSTEM_PROMPT",
 ]
 
 Emit = Callable[..., None]  # emit(kind: str, text: str, data: dict | None = None)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["ModelConfig", "ModelError", "CallStopped", "complete", "check_model"]
+__all__ = ["ModelConfig", "ModelError", "CallStopped", "complete", "check_model", "context_window"]
 
 REASON_LIMIT = 300  # characters of a provider's error message kept in a ModelError
 RETRY_BASE_WAIT = 1.0  # seconds before the first retry of a passing failure; doubles after
@@ -728,6 +728,16 @@ def complete(messages: list[dict], config: ModelConfig, tools: list[dict], step_
     """
     response = _call_model(messages, config, tools, on_text=on_text, should_stop=should_stop)
     return _assistant_message(response, step_no), _usage(response)
+
+
+def context_window(model: str) -> int | None:
+    """Tokens of input ``model`` takes, from litellm's local model list; None for a model it
+    does not know (most self-hosted ones)."""
+    try:
+        info = _litellm().get_model_info(model)
+    except Exception:  # noqa: BLE001 - litellm raises a bare Exception for models it does not know
+        return None
+    return int(info.get("max_input_tokens") or info.get("max_tokens") or 0) or None
 
 
 CHECK_MAX_TOKENS = 32  # enough for "OK" from a model that thinks aloud a little

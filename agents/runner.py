@@ -138,9 +138,7 @@ def _branch_commits(run: Run) -> list[str] | None:
     """The branch's commits since its base, oldest first; None when there is no worktree yet.
     A run cut off before it recorded its base commit uses the card's last recorded one."""
     card = run.card
-    base = run.base_commit or (
-        Run.objects.filter(card_id=card.pk).exclude(base_commit="").order_by("-id").values_list("base_commit", flat=True).first()
-    )
+    base = run.base_commit or _branch_base(card)
     if not (base and card.worktree_path and os.path.isdir(card.worktree_path)):
         return None
     try:
@@ -311,7 +309,7 @@ def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
         approvals=card.effective_approvals,
         check_command=project.check_command,
         base_commit=run.base_commit or None,
-        context_window=context_window(project.context_window, config.model),
+        context_window=project.context_window or builtin.context_window(config.model) or DEFAULT_CONTEXT_WINDOW,
     )
     run.emit("step", f"Model {config.model}" + (f" at {config.api_base}" if config.api_base else "")
              + f" ({chosen['source']} setting); approvals: {options.approvals}")
@@ -368,21 +366,6 @@ def _first_state(run: Run) -> dict:
         "seconds": float(state.get("seconds", 0.0)),
     }
     return state
-
-
-def context_window(configured: int | None, model: str) -> int:
-    """Tokens of context the built-in agent may use: the project's setting, else litellm's figure
-    for ``model`` (its local price and context list), else DEFAULT_CONTEXT_WINDOW."""
-    if configured:
-        return int(configured)
-    try:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
-        info = litellm.get_model_info(model)
-        return int(info.get("max_input_tokens") or info.get("max_tokens") or DEFAULT_CONTEXT_WINDOW)
-    except Exception:  # noqa: BLE001 - litellm raises a bare Exception for models it does not know
-        return DEFAULT_CONTEXT_WINDOW
 
 
 def delete_card(card: Card, delete_branch: bool = False, stop_wait: float = 15.0) -> str:
@@ -455,6 +438,7 @@ def roll_back_card(card: Card, sha: str) -> str:
 
 
 def _branch_base(card: Card) -> str:
+    """The base commit the card's latest run recorded ("" when none did)."""
     return Run.objects.filter(card_id=card.pk).exclude(base_commit="").order_by("-id").values_list(
         "base_commit", flat=True).first() or ""
 
