@@ -247,8 +247,25 @@ class Card(models.Model):
         conversation. The task is enqueued only after the transaction commits, with the run's id,
         so a worker never sees a run that is not stored. Raises BoardError when the card is already
         running, is done, has no enabled agent, or its built-in agent has no model."""
+        follow_up = follow_up.strip()
+
+        def new_run(card: Card) -> tuple[dict, dict]:
+            if follow_up and card.current_run_id is None:
+                raise BoardError("Start the card first; a follow-up goes on from a run.")
+            fields = {"prompt": follow_up, "mode": Mode.ACT if follow_up else card.mode,
+                      "previous": card.current_run if follow_up else None}
+            return fields, {}
+
+        return self._queue_run(new_run)
+
+    def _queue_run(self, new_run) -> Run:
+        """Create and queue a run of the card's agent, in one transaction with the card locked
+        for reading: ``new_run(card) -> (run fields, data of the "queued" event)`` may refuse with
+        BoardError first; then the checks every run needs (nothing running, not done, an enabled
+        agent, a model for the built-in one)."""
         with transaction.atomic():
-            card = Card.objects.select_related("agent", "project").get(pk=self.pk)
+            card = Card.objects.select_related("agent", "project", "current_run").get(pk=self.pk)
+            fields, data = new_run(card)
             if card.runs.filter(state__in=ACTIVE_STATES).exists():
                 raise BoardError("This card is already running.")
             if card.column == Column.DONE:
@@ -259,18 +276,11 @@ class Card(models.Model):
                 raise BoardError(f"The agent '{card.agent.name}' is not enabled.")
             if card.agent.kind == Agent.Kind.BUILTIN and not card.model_settings()["model"]:
                 raise BoardError("Set a model first: in the project's settings, or on this card.")
-            follow_up = follow_up.strip()
-            if follow_up and card.current_run_id is None:
-                raise BoardError("Start the card first; a follow-up goes on from a run.")
-            run = Run.objects.create(
-                card=card, agent=card.agent, state=RunState.QUEUED, prompt=follow_up,
-                mode=Mode.ACT if follow_up else card.mode, budget=card.budget(),
-                previous=card.current_run if follow_up else None,
-            )
+            run = Run.objects.create(card=card, agent=card.agent, state=RunState.QUEUED, budget=card.budget(), **fields)
             card.current_run = run
             card.save(update_fields=["current_run", "updated_at"])
             card.move_to(Column.IN_PROGRESS)
-            run.emit("state", "queued")
+            run.emit("state", "queued", data)
             transaction.on_commit(run.enqueue)
         self.refresh_from_db()
         return run
@@ -298,28 +308,15 @@ class Card(models.Model):
     def resume(self) -> Run:
         """Go on with a run that was interrupted, stopped or failed: a new run in the same worktree
         and branch that, for the built-in agent, continues from the last stored step (a command
-        agent is run again). Raises BoardError when there is nothing to resume."""
-        with transaction.atomic():
-            card = Card.objects.select_related("current_run").get(pk=self.pk)
+        agent is run again). Raises BoardError when there is nothing to resume, and as ``start``."""
+
+        def new_run(card: Card) -> tuple[dict, dict]:
             last = card.current_run
             if last is None or last.state not in (RunState.INTERRUPTED, RunState.STOPPED, RunState.FAILED):
                 raise BoardError("Only an interrupted, stopped or failed run can be resumed.")
-            if card.runs.filter(state__in=ACTIVE_STATES).exists():
-                raise BoardError("This card is already running.")
-            if card.agent is None or not card.agent.enabled:
-                raise BoardError("The card's agent is not enabled.")
-            if card.agent.kind == Agent.Kind.BUILTIN and not card.model_settings()["model"]:
-                raise BoardError("Set a model first: in the project's settings, or on this card.")
-            run = Run.objects.create(
-                card=card, agent=card.agent, state=RunState.QUEUED, mode=last.mode, budget=card.budget(), previous=last
-            )
-            card.current_run = run
-            card.save(update_fields=["current_run", "updated_at"])
-            card.move_to(Column.IN_PROGRESS)
-            run.emit("state", "queued", {"resumed": last.pk})
-            transaction.on_commit(run.enqueue)
-        self.refresh_from_db()
-        return run
+            return {"mode": last.mode, "previous": last}, {"resumed": last.pk}
+
+        return self._queue_run(new_run)
 
     def stop(self) -> None:
         """Stop the card's run (see Run.request_stop); raises BoardError when nothing runs."""
