@@ -306,7 +306,7 @@ class FollowUpForm(forms.Form):
     )
 
 
-class AgentForm(forms.ModelForm):
+class AgentForm(ModelFieldsMixin, forms.ModelForm):
     """Add an agent: a command line (``kind=command``) or the built-in loop on a litellm model
     (``kind=builtin``)."""
 
@@ -326,15 +326,6 @@ class AgentForm(forms.ModelForm):
         if not name:
             raise forms.ValidationError("Give the agent a name.")
         return name
-
-    def clean_api_key_env(self):
-        return clean_env_name(self.cleaned_data["api_key_env"])
-
-    def clean_api_base(self):
-        return clean_api_base(self.cleaned_data["api_base"])
-
-    def clean_model(self):
-        return clean_model(self.cleaned_data["model"])
 
     def clean(self):
         data = super().clean()
