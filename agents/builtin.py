@@ -25,6 +25,7 @@ from agents.tools import (
     READ_ONLY_TOOLS,
     TOOL_SCHEMAS,
     ToolError,
+    cap_middle,
     changed_paths,
     describe_call,
     execute_tool,
@@ -212,10 +213,7 @@ def usage_line(usage: dict) -> str:
 
 
 def _shorten(text: str, limit: int = LOG_LIMIT) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+    return cap_middle(text, limit // 2, limit // 2)
 
 
 def _tool_message(call: dict, content: str) -> dict:

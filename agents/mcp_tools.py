@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from agents.tools import cap_middle
+
 __all__ = ["ServerSpec", "parse_servers", "McpToolbox", "TOOL_PREFIX"]
 
 TOOL_PREFIX = "mcp__"
 NAME_MAX = 32  # characters of a server name, so that mcp__<server>__ leaves room for the tool's
 # OpenAI rejects a function description longer than this.
 DESCRIPTION_MAX = 1024
-OUTPUT_HEAD = 8_000  # characters kept from the start and the end of a long result (as agents/tools.py)
-OUTPUT_TAIL = 8_000
 STDERR_KEEP = 4_000  # bytes of a server's stderr kept, to explain why it failed
 # Every stdio server and whatever it starts inherits this variable, so that at exit even a process
 # that left the server's process group can be found and ended.
@@ -217,7 +217,7 @@ class McpToolbox:
 
         Returns ``(text, is_error)``. ``text`` joins the result's text blocks (other blocks
         described in a line each, such as ``[image: image/png, 70 bytes]``; the structured
-        result as JSON when there is no content), keeping at most OUTPUT_HEAD + OUTPUT_TAIL
+        result as JSON when there is no content), keeping at most agents.tools.OUTPUT_HEAD + OUTPUT_TAIL
         characters with a note of how many were cut. ``is_error`` is true, and ``text`` the
         reason, when the tool reported an error, the name is unknown, the server is gone, the
         call timed out or failed in any other way. Never raises.
@@ -381,8 +381,8 @@ class McpToolbox:
             return f"{server.spec.name}: {tool} failed: {_reason(exc)}", True
         text = _result_text(result)
         if result.is_error:
-            return _cap(text or f"{tool} reported an error without a message"), True
-        return _cap(text), False
+            return cap_middle(text or f"{tool} reported an error without a message"), True
+        return cap_middle(text), False
 
     # ----------------------------------------------------------------- helpers
 
@@ -510,13 +510,6 @@ def _size(base64_data: str) -> str:
     """The decoded size of base64 data, in bytes."""
     n = len(base64_data or "") * 3 // 4 - (base64_data or "").count("=")
     return f"{n} bytes" if n < 10_000 else f"{n / 1024:.0f} KB"
-
-
-def _cap(text: str, head: int = OUTPUT_HEAD, tail: int = OUTPUT_TAIL) -> str:
-    if len(text) <= head + tail:
-        return text
-    cut = len(text) - head - tail
-    return f"{text[:head]}\n[... {cut} characters cut ...]\n{text[-tail:]}"
 
 
 def _reason(exc: BaseException) -> str:

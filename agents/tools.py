@@ -41,6 +41,7 @@ __all__ = [
     "ask_lead",
     "finish",
     "temp_index_git",
+    "cap_middle",
     "changed_paths",
     "syntax_errors",
     "preview_change",
@@ -164,8 +165,9 @@ def _git(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPro
     )
 
 
-def _cap_middle(text: str, head: int = OUTPUT_HEAD, tail: int = OUTPUT_TAIL) -> str:
-    """Keep the first ``head`` and last ``tail`` characters, saying how many were cut."""
+def cap_middle(text: str, head: int = OUTPUT_HEAD, tail: int = OUTPUT_TAIL) -> str:
+    """``text`` with only its first ``head`` and last ``tail`` characters kept, and a line saying
+    how many were cut between them (``text`` itself when it is short enough)."""
     if len(text) <= head + tail:
         return text
     cut = len(text) - head - tail
@@ -455,7 +457,7 @@ def run_shell(
         head_data, tail_data = bytes(head), b"".join(tail)
         dropped = sizes["total"] - len(head_data) - len(tail_data)
     if dropped == 0:
-        output = _cap_middle((head_data + tail_data).decode("utf-8", errors="replace"))
+        output = cap_middle((head_data + tail_data).decode("utf-8", errors="replace"))
     else:
         # Part of the middle was never kept; the cut count mixes characters and bytes, which
         # is close enough for the model to know the scale.
@@ -516,7 +518,7 @@ def show_diff(root: Path, path: str = ".", *, base: str | None = None) -> str:
     out = temp_index_git(root, "diff", "--cached", "--no-color", "--stat", "--patch", base or "HEAD", "--", rel)
     if out is None:
         raise ToolError("git could not compute the diff")
-    return _cap_middle(out) if out.strip() else "no changes yet"
+    return cap_middle(out) if out.strip() else "no changes yet"
 
 
 def changed_paths(root: Path, base: str | None = None) -> list[str]:
@@ -576,7 +578,7 @@ def preview_change(root: Path, name: str, arguments: dict) -> str:
         old.splitlines(keepends=True), new.splitlines(keepends=True),
         fromfile=f"a/{rel}" if old else "/dev/null", tofile=f"b/{rel}",
     )
-    return _cap_middle("".join(diff)) or f"{rel}: no change"
+    return cap_middle("".join(diff)) or f"{rel}: no change"
 
 
 def ask_lead(root: Path, question: str) -> str:
