@@ -393,6 +393,21 @@ def test_loop_with_litellm_mock_responses_reports_usage_and_cost(repo, monkeypat
     assert rec.states[-1]["usage"]["cost"] == pytest.approx(sum(u["cost"] for u in usage))
 
 
+def test_the_cost_budget_stops_the_run_after_the_step_that_spent_it(repo, monkeypatch, litellm_loaded):
+    import litellm
+
+    real_completion = litellm.completion
+    calls = [{"id": "c1", "type": "function", "function": {"name": "list_files", "arguments": "{}"}}]
+    monkeypatch.setattr(litellm, "completion",
+                        lambda **kwargs: real_completion(**kwargs, mock_response="", mock_tool_calls=calls))
+    rec = Recorder()
+
+    result = agent_run(repo, ModelConfig("openai/gpt-4o-mini", stream=False, max_cost=1e-9), rec)
+
+    assert result.state == "stopped" and result.error.startswith("cost budget of $1e-09 reached (spent $")
+    assert len(rec.states) == 1 and rec.states[-1]["usage"]["cost"] > 1e-9
+
+
 # --------------------------------------------------------------------------- tools
 
 

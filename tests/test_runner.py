@@ -185,6 +185,8 @@ def test_the_builtin_agent_edit_is_a_checkpoint_commit_on_the_card_branch(make_c
     assert run.summary.startswith("Added AGENT_NOTE.md")
     assert "Written by the fake model." in git(project.repo_path, "show", f"{card.branch}:AGENT_NOTE.md")
     assert git(project.repo_path, "log", "--format=%s", f"main..{card.branch}").strip() == "Step 1: write_file AGENT_NOTE.md"
+    trailers = git(project.repo_path, "log", "-1", "--format=%(trailers:only,unfold)", card.branch).split("\n")
+    assert [t for t in trailers if t] == [f"Card: #{card.pk}", f"Run: {run.pk}", "Step: 1"]
     assert run.agent_state["done"] is True, "the conversation is stored with the run"
     assert run.events.filter(kind="step", text__contains="write_file").exists()
 
