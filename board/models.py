@@ -88,6 +88,10 @@ class Project(models.Model):
         max_digits=10, decimal_places=2, null=True, blank=True, help_text="US dollars per run (litellm's prices)."
     )
     max_minutes = models.PositiveIntegerField(null=True, blank=True, help_text="Working minutes per run.")
+    max_parallel = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Runs of this project at once; empty: as many as there are workers. The rest wait in the queue.",
+    )
     mcp_servers = models.TextField(
         blank=True,
         help_text="MCP servers whose tools the built-in agent gets, one a line: name: command args, or name: https://url",
@@ -394,6 +398,12 @@ class Run(models.Model):
     tokens = models.IntegerField(default=0, help_text="Prompt and completion tokens in this run.")
     cost = models.FloatField(default=0.0, help_text="US dollars in this run, litellm's accounting.")
     last_seq = models.IntegerField(default=0)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the run last joined the queue.")
+    held = models.BooleanField(
+        default=False, help_text="Queued but out of the broker: its project is at its parallel limit."
+    )
+    log_chars = models.BigIntegerField(default=0, help_text="Characters of output stored for this run.")
+    log_dropped = models.BigIntegerField(default=0, help_text="Output lines dropped by the retention limit.")
     stop_requested = models.BooleanField(default=False)
     worker_host = models.CharField(max_length=255, blank=True)
     worker_pid = models.IntegerField(null=True, blank=True)
