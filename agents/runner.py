@@ -54,10 +54,11 @@ DEFAULT_CONTEXT_WINDOW = 8192
 
 def execute(run_id: int) -> str | None:
     """Claim run ``run_id`` and carry it to a final state; returns that state, or None when the run
-    was not queued (already taken by another worker, or a redelivered task)."""
+    was not taken: not queued (already taken by another worker, or a redelivered task), or held
+    because its project runs as many as it may at once (Run.claim)."""
     run = Run.claim(run_id, socket.gethostname(), os.getpid())
     if run is None:
-        log.info("run %s is not queued any more; nothing to do", run_id)
+        log.info("run %s not taken: not queued any more, or held until its project has a free slot", run_id)
         return None
     try:
         outcome = _execute(run)

@@ -6,6 +6,8 @@ may know which"). Only the server moves a run or a card; the methods here are th
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from django.db import models, transaction
 from django.db.models import F, Max
 from django.db.models.functions import Coalesce
@@ -280,7 +282,8 @@ class Card(models.Model):
                 raise BoardError(f"The agent '{card.agent.name}' is not enabled.")
             if card.agent.kind == Agent.Kind.BUILTIN and not card.model_settings()["model"]:
                 raise BoardError("Set a model first: in the project's settings, or on this card.")
-            run = Run.objects.create(card=card, agent=card.agent, state=RunState.QUEUED, budget=card.budget(), **fields)
+            run = Run.objects.create(card=card, agent=card.agent, state=RunState.QUEUED, budget=card.budget(),
+                                     queued_at=timezone.now(), **fields)
             card.current_run = run
             card.save(update_fields=["current_run", "updated_at"])
             card.move_to(Column.IN_PROGRESS)
@@ -376,6 +379,80 @@ class RunQuerySet(models.QuerySet):
                     marked.append(run)
         return marked
 
+    def queue_positions(self) -> dict[int, QueuePlace]:
+        """Every queued run's place in line, read in one query: ``{run id: QueuePlace(position,
+        held)}``, positions from 1. Runs the workers may take are numbered together across all
+        projects, in the order the workers take them (QUEUE_ORDER); a held run is numbered among
+        its own project's held runs, in the order they are let go (release_held)."""
+        places: dict[int, QueuePlace] = {}
+        in_line = 0
+        held_in_project: dict[int, int] = {}
+        rows = self.filter(state=RunState.QUEUED).order_by(*QUEUE_ORDER).values_list("id", "held", "card__project_id")
+        for run_id, held, project_id in rows:
+            if held:
+                held_in_project[project_id] = held_in_project.get(project_id, 0) + 1
+                places[run_id] = QueuePlace(held_in_project[project_id], True)
+            else:
+                in_line += 1
+                places[run_id] = QueuePlace(in_line, False)
+        return places
+
+    def release_held(self, project_id: int) -> list[int]:
+        """Hand project ``project_id``'s held runs back to the workers, oldest first (QUEUE_ORDER),
+        as many as it has free slots: its ``max_parallel`` less its running runs and its queued runs
+        already with the workers (every held run when it has no limit any more). Each is marked not
+        held, says so in its log, and is enqueued once the transaction commits. Returns the ids let
+        go ([] for a project that is gone).
+
+        The project row is locked as in Run.claim, so a run held at the same moment as a slot
+        frees up is either seen here or sees the free slot itself: none waits beside a free slot."""
+        runs = self.model.objects
+        with transaction.atomic():
+            limit = Project.objects.select_for_update().filter(pk=project_id).values_list("max_parallel", flat=True).first()
+            ids = list(
+                runs.filter(card__project_id=project_id, state=RunState.QUEUED, held=True)
+                .order_by(*QUEUE_ORDER).values_list("id", flat=True)
+            )
+            if ids and limit:
+                busy = runs.filter(card__project_id=project_id).filter(
+                    models.Q(state=RunState.RUNNING) | models.Q(state=RunState.QUEUED, held=False)
+                ).count()
+                ids = ids[:max(0, limit - busy)]
+            for run in runs.filter(pk__in=ids).order_by(*QUEUE_ORDER):
+                runs.filter(pk=run.pk).update(held=False)
+                run.held = False
+                run.emit("step", "A slot is free: queued for the next worker")
+                transaction.on_commit(run.enqueue)
+        return ids
+
+    def release_all_held(self) -> list[int]:
+        """release_held for every project that has held runs; returns the ids let go."""
+        projects = sorted(set(self.filter(state=RunState.QUEUED, held=True).values_list("card__project_id", flat=True)))
+        return [run_id for project_id in projects for run_id in self.release_held(project_id)]
+
+    def hand_out_queued(self) -> int:
+        """At the board's start: enqueue again every queued run that is not held (a task the
+        previous board's workers had taken but not run would wait for its retry, hours; a run is
+        claimed once, so a second delivery is harmless), then let held runs go where their
+        projects have free slots (release_all_held). Returns how many runs were enqueued."""
+        waiting = list(self.filter(state=RunState.QUEUED, held=False).order_by(*QUEUE_ORDER))
+        for run in waiting:
+            run.enqueue()
+        return len(waiting) + len(self.release_all_held())
+
+
+class QueuePlace(NamedTuple):
+    """A queued run's place in line (RunQuerySet.queue_positions): ``position`` counts from 1;
+    ``held`` says it waits for a slot of its own project (counted among that project's held runs)."""
+
+    position: int
+    held: bool
+
+
+# The order in which queued runs go to the workers, and held runs are let go: when each joined the
+# queue, then id (runs queued before queued_at existed have none, and come first).
+QUEUE_ORDER = (F("queued_at").asc(nulls_first=True), "id")
+
 
 class Run(models.Model):
     """One attempt of an agent at a card. Its events are numbered 1, 2, … by ``last_seq``."""
@@ -425,17 +502,36 @@ class Run(models.Model):
 
     @classmethod
     def claim(cls, run_id: int, host: str, pid: int) -> Run | None:
-        """Atomically take a queued run for this worker; None when it is gone or someone else has it,
-        so a redelivered task never runs an agent twice."""
+        """Atomically take a queued run for this worker. None when it is gone or someone else has
+        it, so a redelivered task never runs an agent twice; None too when its project already runs
+        ``max_parallel`` runs: the run is then marked ``held`` (still queued, out of the broker,
+        with one "Waiting for a free slot" step) until a run of its project ends or parks and
+        RunQuerySet.release_held enqueues it again.
+
+        The slots are counted with the project row locked (select_for_update, for PostgreSQL;
+        SQLite's IMMEDIATE transactions serialise writers anyway), so two workers never both
+        take a project's last slot."""
         now = timezone.now()
-        # A run back from an approval keeps its first start.
-        taken = cls.objects.filter(pk=run_id, state=RunState.QUEUED).update(
-            state=RunState.RUNNING, started_at=Coalesce(F("started_at"), now), worker_host=host, worker_pid=pid
-        )
-        if not taken:
-            return None
-        run = cls.objects.select_related("card__project", "agent").get(pk=run_id)
-        run.emit("state", "running")
+        with transaction.atomic():
+            project_id = cls.objects.filter(pk=run_id, state=RunState.QUEUED).values_list("card__project_id", flat=True).first()
+            if project_id is None:
+                return None
+            limit = Project.objects.select_for_update().values_list("max_parallel", flat=True).get(pk=project_id)
+            if limit and cls.objects.filter(card__project_id=project_id, state=RunState.RUNNING).count() >= limit:
+                if cls.objects.filter(pk=run_id, state=RunState.QUEUED, held=False).update(held=True):
+                    cls.objects.get(pk=run_id).emit(
+                        "step", f"Waiting for a free slot: this project runs at most {limit} at once"
+                    )
+                return None
+            # A run back from an approval keeps its first start.
+            taken = cls.objects.filter(pk=run_id, state=RunState.QUEUED).update(
+                state=RunState.RUNNING, held=False, started_at=Coalesce(F("started_at"), now), worker_host=host,
+                worker_pid=pid,
+            )
+            if not taken:
+                return None
+            run = cls.objects.select_related("card__project", "agent").get(pk=run_id)
+            run.emit("state", "running")
         return run
 
     def enqueue(self) -> None:
@@ -482,7 +578,16 @@ class Run(models.Model):
                 return False
             self.state, self.pending = RunState.AWAITING_APPROVAL, pending
             self.emit("state", RunState.AWAITING_APPROVAL, {"pending": pending})
+            self._release_slot()
         return True
+
+    def _release_slot(self) -> None:
+        """Once the transaction commits, let the oldest held runs of this run's project take the
+        slot it no longer holds (RunQuerySet.release_held). Best effort (robust): an error there
+        is logged and never undoes this run's own change; the board's start-up and its periodic
+        check release what is left."""
+        project_id = Card.objects.values_list("project_id", flat=True).get(pk=self.card_id)
+        transaction.on_commit(lambda: Run.objects.release_held(project_id), robust=True)
 
     def decide(self, approved: bool, text: str = "", kinds: tuple[str, ...] | None = None) -> None:
         """The lead's decision on what the run waits for: approve (with ``text``: the answer to a
@@ -507,7 +612,9 @@ class Run(models.Model):
                 state = decide(run.agent_state, approved, text.strip())
             except ValueError as exc:  # a state stored without its pending call: nothing to decide on
                 raise BoardError("This run is not waiting for you any more.") from exc
-            Run.objects.filter(pk=self.pk).update(state=RunState.QUEUED, pending=None, agent_state=state)
+            # Back in the queue: at its end, like any run that joins it now.
+            Run.objects.filter(pk=self.pk).update(state=RunState.QUEUED, pending=None, agent_state=state,
+                                                  queued_at=timezone.now(), held=False)
             self.refresh_from_db()
             if kind == "question":
                 said = f"Answered: {text.strip()}"
@@ -543,12 +650,13 @@ class Run(models.Model):
     def finish(self, state: str, summary: str = "", error: str = "", commits: list[str] | None = None) -> bool:
         """End the run in a final state. A run that succeeded moves its card to Review; any other
         end leaves the card where it is, showing the state and the reason. A run that has ended
-        already keeps its first end (returns False): an end is never rewritten."""
+        already keeps its first end (returns False): an end is never rewritten. Once the end
+        commits, held runs of the project may take the slot (RunQuerySet.release_held)."""
         if state not in FINAL_STATES:
             raise ValueError(f"{state!r} is not a final run state")
         with transaction.atomic():
             fields = {"state": state, "summary": summary[:2000], "error": error[:4000], "ended_at": timezone.now(),
-                      "pending": None}
+                      "pending": None, "held": False}
             if commits is not None:
                 fields["commits"] = commits
             if not Run.objects.filter(pk=self.pk, state__in=ACTIVE_STATES).update(**fields):
@@ -560,6 +668,9 @@ class Run(models.Model):
             if state == RunState.SUCCEEDED:
                 card = Card.objects.get(pk=self.card_id)
                 card.move_to(Column.REVIEW)
+            # Whatever it ended from: a running run frees its slot, and a queued one already handed
+            # to the workers was counted as taking one (release_held).
+            self._release_slot()
         return True
 
     @property

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from agents import runner
 from agents.command import terminate_all
-from board.models import Run, RunState
+from board.models import Run
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of what is left at shutdown
 RECONCILE_EVERY = 5.0  # seconds between checks for runs whose worker died
@@ -95,9 +95,9 @@ class Command(BaseCommand):
         for path in runner.sweep_worktrees():
             self.stdout.write(f"Removed the worktree {path}, which no card owns.")
         # A task the previous board's workers had taken but not run would wait for its retry
-        # (hours); handing queued runs out again is safe, since a run is claimed once.
-        for run in Run.objects.filter(state=RunState.QUEUED):
-            run.enqueue()
+        # (hours); handing queued runs out again is safe, since a run is claimed once. Runs held
+        # for a project's parallel limit go only as far as the project has free slots.
+        Run.objects.hand_out_queued()
         env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1"}
         base = str(settings.BASE_DIR)
         # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the
@@ -139,6 +139,9 @@ class Command(BaseCommand):
                 if time.monotonic() - last_check > RECONCILE_EVERY:
                     last_check = time.monotonic()
                     runner.interrupt_orphans(worker_alive, reason="its worker process died")
+                    # A safety net: a release that failed after a run ended must not leave runs
+                    # held beside a free slot.
+                    Run.objects.release_all_held()
         finally:
             self._stop_all()
         if code:
