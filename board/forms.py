@@ -8,7 +8,7 @@ import re
 from django import forms
 
 from agents import worktrees
-from board.models import Agent, Approvals, Card, Mode, Project
+from board.models import Agent, Approvals, Card, Mode, Project, Run
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
@@ -150,6 +150,8 @@ def clean_model(value: str) -> str:
     return value
 
 
+PARALLEL_MESSAGE = "Give a whole number of runs, at least 1, or leave it empty for no limit but the number of workers."
+
 MODEL_HELP = "litellm model string: openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, ollama_chat/qwen2.5-coder, openai/<name> for any OpenAI-compatible server."
 
 
@@ -199,25 +201,40 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         fields = [
             "name", "base_branch", "branch_prefix", "copy_files", "setup_command",
             "model", "api_base", "api_key_env", "context_window", "approvals", "check_command",
-            "max_steps", "max_cost", "max_minutes", "mcp_servers",
+            "max_steps", "max_cost", "max_minutes", "max_parallel", "mcp_servers",
         ]
         labels = {
             "copy_files": "Files to copy", "setup_command": "Setup command", "api_base": "API base URL",
             "api_key_env": "API key environment variable", "context_window": "Context window (tokens)",
             "check_command": "Check command", "max_steps": "Step budget", "max_cost": "Cost budget (US $)",
-            "max_minutes": "Time budget (minutes)", "mcp_servers": "MCP servers",
+            "max_minutes": "Time budget (minutes)", "max_parallel": "Parallel runs", "mcp_servers": "MCP servers",
         }
         widgets = {
             "copy_files": forms.Textarea(attrs={"rows": 2}), "setup_command": forms.Textarea(attrs={"rows": 1}),
             "check_command": forms.Textarea(attrs={"rows": 1}), "mcp_servers": forms.Textarea(attrs={"rows": 3}),
         }
         help_texts = {"model": MODEL_HELP}
+        error_messages = {"max_parallel": {"invalid": PARALLEL_MESSAGE, "min_value": PARALLEL_MESSAGE}}
 
     def clean_name(self):
         name = printable(self.cleaned_data["name"])
         if not name:
             raise forms.ValidationError("Give the project a name.")
         return name
+
+    def clean_max_parallel(self):
+        value = self.cleaned_data.get("max_parallel")
+        if value is not None and value < 1:
+            raise forms.ValidationError(PARALLEL_MESSAGE)
+        return value
+
+    def save(self, commit: bool = True) -> Project:
+        """Save the settings; a changed parallel limit lets held runs go at once where it leaves
+        free slots (RunQuerySet.release_held), not only when a run ends."""
+        project = super().save(commit)
+        if commit and "max_parallel" in self.changed_data:
+            Run.objects.release_held(project.pk)
+        return project
 
     def clean_branch_prefix(self):
         prefix = self.cleaned_data["branch_prefix"].strip()
