@@ -9,7 +9,7 @@ from django.template.loader import render_to_string
 
 from board import relay
 from board.models import Card, Project
-from board.views import LOG_KINDS, board_context, card_context
+from board.views import LOG_KINDS, board_context, card_context, queue_places
 
 # Event kinds that change what a card shows on the board or in its detail.
 BOARD_KINDS = {"card", "state", "step", "log", "checkpoint", "usage", "approval", "check"}
@@ -49,7 +49,8 @@ class BoardConsumer(AsyncWebsocketConsumer):
         moves = [e["data"] for e in events if e["kind"] == "card" and e["data"].get("to")]
         created = any(m.get("from") is None for m in moves)
         moved = any(m.get("from") != m.get("to") for m in moves)
-        return render_to_string("board/board.html#card-push", {"card": card, "moved": moved, "created": created})
+        context = {"card": card, "moved": moved, "created": created, "queue": queue_places([card.current_run])}
+        return render_to_string("board/board.html#card-push", context)
 
     async def board_events(self, message):
         """All of one card's new events since the relay's last look: the card rendered once."""

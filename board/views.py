@@ -24,7 +24,7 @@ from board.forms import (
     ProjectForm,
     ProjectSettingsForm,
 )
-from board.models import Agent, BoardError, Card, Column, Project, Run
+from board.models import Agent, BoardError, Card, Column, Project, Run, RunState
 from board.templatetags.board_tags import diff_html
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
@@ -47,14 +47,24 @@ def project_create(request):
     return render(request, "board/home.html", {"projects": projects, "form": form}, status=422)
 
 
+def queue_places(runs) -> dict:
+    """The queue's places (``{run id: QueuePlace}``, RunQuerySet.queue_positions) for the card
+    partial and the card page's header; read, in one query, only when one of ``runs`` (Runs or
+    None) is queued."""
+    if any(run is not None and run.state == RunState.QUEUED for run in runs):
+        return Run.objects.queue_positions()
+    return {}
+
+
 def board_context(project: Project, oob: bool = False) -> dict:
-    """What the board template needs: the project and its cards in the four columns, in order."""
+    """What the board template needs: the project, its cards in the four columns, in order, and
+    the queued ones' places in line (``queue``)."""
     cards = list(project.cards.select_related("agent", "current_run"))
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
         for value, label in Column.choices
     ]
-    return {"project": project, "columns": columns, "oob": oob}
+    return {"project": project, "columns": columns, "oob": oob, "queue": queue_places(c.current_run for c in cards)}
 
 
 def board(request, project_id):
@@ -122,6 +132,7 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
     context = {
         "card": card, "run": run, "can_start": not card.is_running and card.column != Column.DONE,
         "can_resume": bool(run and run.state in ("interrupted", "stopped", "failed")),
+        "queue": queue_places([run]),
     }
     if "log" in parts:
         events = []
@@ -180,7 +191,8 @@ def _card_action(request, card_id: int, action: str, *args):
 def _card_answer(request, card_id: int, error: str = "", note: str = ""):
     card = Card.objects.select_related("project", "agent", "current_run").get(pk=card_id)
     if request.htmx:
-        return render(request, "board/board.html#card", {"card": card, "error": error}, status=409 if error else 200)
+        context = {"card": card, "error": error, "queue": queue_places([card.current_run])}
+        return render(request, "board/board.html#card", context, status=409 if error else 200)
     if error:
         messages.error(request, error)
     elif note:

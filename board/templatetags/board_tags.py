@@ -14,3 +14,23 @@ def diff_html(text: str) -> str:
     """A unified diff as HTML spans coloured by Pygments' DiffLexer (every character of ``text``
     is escaped by Pygments), for a ``<pre class="diff highlight">``."""
     return mark_safe(highlight(text or "", DiffLexer(), HtmlFormatter(nowrap=True)))  # noqa: S308 - escaped by Pygments
+
+
+@register.filter
+def ordinal(number) -> str:
+    """1 → "1st", 2 → "2nd", 3 → "3rd", 11 → "11th", 22 → "22nd" (English); "" for a non-number."""
+    try:
+        n = int(number)
+    except (TypeError, ValueError):
+        return ""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@register.filter
+def queue_place(queue: dict | None, run):
+    """The QueuePlace of ``run`` in ``queue`` (RunQuerySet.queue_positions, keyed by run id), or
+    None when the run is not queued or the queue was not read."""
+    if not queue or run is None:
+        return None
+    return queue.get(run.pk)
