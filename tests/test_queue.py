@@ -261,22 +261,38 @@ def test_project_set_takes_the_parallel_limit_and_refuses_garbage(project):
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_card_pushed_to_the_board_shows_its_place_in_line(make_card, project):
+    import asyncio
+
     from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
 
-    from board.consumers import BoardConsumer
+    from config.asgi import application
 
-    def held_card():
+    def start_three():
         limit(project, 1)
         runs = [make_card(title=f"Card {i}").start() for i in range(3)]
         claim(runs[0])
-        claim(runs[2])
-        return runs[2].card_id
+        return runs
 
-    card_id = await database_sync_to_async(held_card)()
-    consumer = BoardConsumer()
-    consumer.project_id = project.pk
-    html = await consumer._render_card(card_id)
-    assert "Waiting for a slot · 1st in line in this project (limit 1)" in html
+    runs = await database_sync_to_async(start_three)()
+    board = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/",
+                                  headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")])
+    connected, _ = await board.connect()
+    assert connected
+    pushes = [await board.receive_from(timeout=5)]  # the columns, as the board stands
+    assert "Waiting for a slot" not in pushes[0]
+    await database_sync_to_async(claim)(runs[2])  # held: its step reaches the board as a push of its card
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not any("Waiting for a slot" in push for push in pushes) and loop.time() < deadline:
+        try:
+            pushes.append(await board.receive_from(timeout=max(0.1, deadline - loop.time())))
+        except asyncio.TimeoutError:
+            break
+    await board.disconnect()
+    pushed = next((push for push in pushes if "Waiting for a slot" in push), "")
+    assert f'id="card-{runs[2].card_id}"' in pushed
+    assert "Waiting for a slot · 1st in line in this project (limit 1)" in pushed
 
 
 @pytest.mark.parametrize("number, text", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"),
