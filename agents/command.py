@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 FLUSH_INTERVAL = 0.25  # seconds between output pushes: a few updates a second per card, not one per line
-FLUSH_LINES = 200  # or sooner, when this many lines are waiting
+FLUSH_LINES = 1000  # or sooner, when this many lines are waiting
+FLUSH_CHARS = 32_000  # or this many characters: one stored chunk of output stays small
 LINE_LIMIT = 4000  # characters kept of one output line
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL of the process group
-EXIT_GRACE = 1.0  # seconds to keep reading after the command ended, for output still in the pipe
+EXIT_GRACE = 1.0  # seconds after the command ended before what it left running is killed
+EXIT_DRAIN = 60.0  # seconds at most to read output still waiting after the command ended
 QUEUE_LINES = 10_000  # output lines read ahead of the card's log at most
 
 
@@ -81,11 +83,13 @@ def run_command(
     """Run ``command`` with bash in ``cwd`` and stream its output.
 
     stdout and stderr are merged and sent to ``emit("log", text)`` line by line, several lines per
-    call at most every FLUSH_INTERVAL seconds. stdin is closed. The command runs in its own process
+    call at most every FLUSH_INTERVAL seconds, and at most FLUSH_LINES lines or about FLUSH_CHARS
+    characters per call. stdin is closed. The command runs in its own process
     group (``start_new_session``), which is killed whole when ``timeout`` seconds pass or
     ``should_stop()`` turns true. The command is over when its own process ends: what it left
-    running in its group is then killed, and output of anything that escaped the group is read
-    for EXIT_GRACE seconds more, then left. Never raises for the command's own failures: a missing
+    running in its group is killed EXIT_GRACE seconds later, output still waiting is read to its
+    end (EXIT_DRAIN seconds at most), and output of anything that escaped the group is left
+    once it pauses for EXIT_GRACE seconds. Never raises for the command's own failures: a missing
     program or a non-zero exit status is a failed result with the reason.
     """
     try:
@@ -106,41 +110,52 @@ def run_command(
     reader.start()
     deadline = time.monotonic() + timeout
     pending: list[str] = []
+    pending_chars = 0
     last_line = ""
     last_flush = time.monotonic()
     reason = ""
     eof = False
     killed = False
+    group_killed = False
+    last_data = time.monotonic()
     exited_at: float | None = None
     while True:
-        items: list[str | None] = []
+        # Read until a chunk is full or nothing is waiting (a tenth of a second at most).
         try:
-            items.append(lines.get(timeout=0.1))
-            while len(items) < FLUSH_LINES:
-                items.append(lines.get_nowait())
-        except queue.Empty:
-            pass
-        for line in items:
-            if line is None:
-                eof = True
-            else:
+            line = lines.get(timeout=0.1)
+            last_data = time.monotonic()
+            while True:
+                if line is None:
+                    eof = True
+                    break
                 pending.append(line)
+                pending_chars += len(line) + 1
                 if line.strip():
                     last_line = line.strip()
+                if len(pending) >= FLUSH_LINES or pending_chars >= FLUSH_CHARS:
+                    break
+                line = lines.get_nowait()
+        except queue.Empty:
+            pass
         now = time.monotonic()
-        if pending and (eof or len(pending) >= FLUSH_LINES or now - last_flush >= FLUSH_INTERVAL):
+        if pending and (eof or len(pending) >= FLUSH_LINES or pending_chars >= FLUSH_CHARS
+                        or now - last_flush >= FLUSH_INTERVAL):
             emit("log", "\n".join(pending))
-            pending = []
+            pending, pending_chars = [], 0
             last_flush = now
         if eof:
             break
         if proc.poll() is not None:
             # The command has ended (on its own, or killed). Whatever still holds its output open
-            # is something it left running: after a moment for output still in the pipe, its
-            # group is killed and nothing more is waited for.
+            # is something it left running: after a moment, its group is killed. Output it wrote
+            # before it ended may still wait in the pipe and the queue (a fast flood outruns the
+            # database): that is read to the end, while it keeps coming, for EXIT_DRAIN seconds
+            # at most, so that an escaped process printing forever cannot hold the run.
             exited_at = exited_at or now
-            if killed or now - exited_at > EXIT_GRACE:
+            if not group_killed and (killed or now - exited_at > EXIT_GRACE):
                 kill_group(proc, grace=0)
+                group_killed = True
+            if killed or (group_killed and (now - last_data > EXIT_GRACE or now - exited_at > EXIT_DRAIN)):
                 if pending:
                     emit("log", "\n".join(pending))
                 break

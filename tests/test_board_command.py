@@ -171,3 +171,39 @@ def test_after_a_kill_9_of_the_board_nothing_of_it_runs_on_and_the_next_board_ma
         board.send_signal(signal.SIGHUP)
         board.wait(30)
     assert board.returncode == 0, log_path.read_text()
+
+
+def test_eight_parallel_runs_flooding_output_never_meet_a_locked_database(make_repo, tmp_path):
+    repo = make_repo()
+    port = free_port()
+    data = tmp_path / "data"
+    env = {**os.environ, "BOARD_DATA_DIR": str(data), "BOARD_WORKERS": "8", "BOARD_RELAY_INTERVAL": "0.1",
+           "BOARD_LOG_LEVEL": "WARNING"}
+    log_path = tmp_path / "board.log"
+    board = start_board(env, port, log_path)
+    try:
+        project = manage(env, "project", "add", str(repo)).strip().splitlines()[-1]
+        # 30,000 lines of 300 characters each: about 300 stored chunks per run, written as fast as
+        # eight workers can, while the web process's relay reads them.
+        go = tmp_path / "go"  # the floods start together once all eight run
+        flood = (f"while [ ! -e '{go}' ]; do sleep 0.1; done; "
+                 "python3 -c \"import sys\nfor i in range(30000): sys.stdout.write('%05d ' % i + 'v' * 294 + '\\n')\"")
+        manage(env, "agent", "add", "flood", "--command", flood)
+        cards = [
+            manage(env, "card", "add", "--project", project, "--title", f"Flood {i}", "--agent", "flood").strip().splitlines()[-1]
+            for i in range(8)
+        ]
+        for card in cards:
+            manage(env, "card", "start", card)
+        wait_for(lambda: run_states(data).count("running") == 8, 60, "the eight runs to run in parallel")
+        go.touch()
+        wait_for(lambda: "queued" not in run_states(data) and "running" not in run_states(data), 240, "every run to end")
+    finally:
+        stop_board(board, log_path)
+    states = [card_state(env, c) for c in cards]
+    assert [s["state"] for s in states] == ["succeeded"] * 8, [s["error"] for s in states]
+    output = log_path.read_text()
+    assert "database is locked" not in output.lower(), output[-3000:]
+    with sqlite3.connect(data / "board.sqlite3") as db:
+        lines = db.execute("SELECT SUM(LENGTH(text) - LENGTH(REPLACE(text, char(10), '')) + 1) FROM board_event WHERE kind = 'log'").fetchone()[0]
+    assert lines == 8 * 30000, "every line of every run stored"
