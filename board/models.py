@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from django.conf import settings
 from django.db import models, transaction
-from django.db.models import F, Max
-from django.db.models.functions import Coalesce
+from django.db.models import F, Max, Value
+from django.db.models.functions import Coalesce, Length, Replace
 from django.utils import timezone
 
 
@@ -50,6 +51,8 @@ class Mode(models.TextChoices):
 
 ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.AWAITING_APPROVAL)
 FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED, RunState.INTERRUPTED)
+LOG_CHUNK_CHARS = 32_000  # characters of output in one stored event at most
+LOG_KEEP_HEAD = 5  # output chunks at a run's start never dropped by the retention limit
 
 
 class Project(models.Model):
@@ -628,16 +631,27 @@ class Run(models.Model):
 
     def emit(self, kind: str, text: str = "", data: dict | None = None) -> Event:
         """Append one event to this run's stream (the next sequence number) and, for steps and
-        output, remember its last line for the card. Kinds: state, step, log, checkpoint, usage."""
+        output, remember its last line for the card. Kinds: state, step, log, checkpoint, usage.
+
+        Output ("log") is stored in chunks of at most LOG_CHUNK_CHARS characters (a longer text
+        becomes several events, split between lines where it can be; the last is returned), and
+        a run keeps at most settings.BOARD_RUN_LOG_MAX_CHARS characters of it (see _trim_log)."""
+        if kind == "log" and len(text) > LOG_CHUNK_CHARS:
+            event = None
+            for chunk in _chunks(text, LOG_CHUNK_CHARS):
+                event = self.emit(kind, chunk, data)
+            return event
         with transaction.atomic():
             updates = {"last_seq": F("last_seq") + 1}
             if kind in ("step", "log") and text.strip():
                 updates["last_line"] = text.strip().splitlines()[-1][:300]
+            if kind == "log":
+                updates["log_chars"] = F("log_chars") + len(text)
             Run.objects.filter(pk=self.pk).update(**updates)
-            self.last_seq = Run.objects.values_list("last_seq", flat=True).get(pk=self.pk)
+            self.last_seq, self.log_chars = Run.objects.values_list("last_seq", "log_chars").get(pk=self.pk)
             if "last_line" in updates:
                 self.last_line = updates["last_line"]
-            return Event.objects.create(
+            event = Event.objects.create(
                 run=self,
                 card_id=self.card_id,
                 project_id=Card.objects.values_list("project_id", flat=True).get(pk=self.card_id),
@@ -645,6 +659,63 @@ class Run(models.Model):
                 kind=kind,
                 text=text,
                 data=data or {},
+            )
+        if kind == "log" and self.log_chars > settings.BOARD_RUN_LOG_MAX_CHARS:
+            self._trim_log()
+        return event
+
+    def log_tail(self, kinds, before: int | None = None, max_events: int = 500, max_chars: int = 200_000) -> tuple[list[Event], bool]:
+        """The last events of ``kinds`` before sequence number ``before`` (all when None), oldest
+        first: at most ``max_events`` of them and about ``max_chars`` characters of text (never
+        fewer than one event). Returns them and whether earlier ones remain. Reads the sizes
+        first, so a run with gigabytes of output costs a page only its tail."""
+        rows = self.events.filter(kind__in=kinds, seq__gt=0)
+        if before is not None:
+            rows = rows.filter(seq__lt=before)
+        first, total = None, 0
+        for seq, chars in rows.order_by("-seq").annotate(chars=Length("text")).values_list("seq", "chars")[:max_events]:
+            total += chars or 0
+            if total > max_chars and first is not None:
+                break
+            first = seq
+        if first is None:
+            return [], False
+        events = list(rows.filter(seq__gte=first).order_by("seq"))
+        return events, rows.filter(seq__lt=first).exists()
+
+    def _trim_log(self) -> None:
+        """Keep the run's stored output under settings.BOARD_RUN_LOG_MAX_CHARS characters: drop
+        the oldest output chunks (past the first LOG_KEEP_HEAD, which say how the run began)
+        until a quarter of the limit is free, and say in the log how many lines went. Steps,
+        states and checkpoints are never dropped."""
+        limit = settings.BOARD_RUN_LOG_MAX_CHARS
+        target = self.log_chars - limit * 3 // 4
+        head = list(self.events.filter(kind="log").order_by("seq").values_list("seq", flat=True)[:LOG_KEEP_HEAD])
+        oldest = (
+            self.events.filter(kind="log", seq__gt=head[-1] if head else 0)
+            .order_by("seq")
+            .annotate(chars=Length("text"), lines=Length("text") - Length(Replace("text", Value("\n"), Value(""))) + 1)
+            .values_list("id", "chars", "lines")
+        )
+        ids, chars, lines = [], 0, 0
+        for event_id, size, count in oldest.iterator(chunk_size=500):
+            if chars >= target:
+                break
+            ids.append(event_id)
+            chars += size
+            lines += count
+        if not ids:
+            return
+        with transaction.atomic():
+            for start in range(0, len(ids), 500):  # SQLite caps the parameters of one query
+                Event.objects.filter(id__in=ids[start:start + 500]).delete()
+            Run.objects.filter(pk=self.pk).update(log_chars=F("log_chars") - chars, log_dropped=F("log_dropped") + lines)
+            self.log_chars -= chars
+            self.log_dropped = Run.objects.values_list("log_dropped", flat=True).get(pk=self.pk)
+            self.emit(
+                "step",
+                f"Dropped {lines:,} older output lines: a run keeps {limit // 1_000_000 or limit:,}"
+                f"{' million' if limit >= 1_000_000 else ''} characters of output ({self.log_dropped:,} lines dropped in all)",
             )
 
     def finish(self, state: str, summary: str = "", error: str = "", commits: list[str] | None = None) -> bool:
@@ -679,6 +750,22 @@ class Run(models.Model):
             return None
         end = self.ended_at or timezone.now()
         return int((end - self.started_at).total_seconds())
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of at most ``size`` characters, each ending at a line break when
+    one is in its second half (so lines stay whole where they can)."""
+    pieces = []
+    while len(text) > size:
+        cut = text.rfind("\n", size // 2, size)
+        if cut == -1:
+            pieces.append(text[:size])
+            text = text[size:]
+        else:
+            pieces.append(text[:cut])
+            text = text[cut + 1:]
+    pieces.append(text)
+    return pieces
 
 
 class Event(models.Model):

@@ -28,7 +28,8 @@ from board.models import Agent, BoardError, Card, Column, Project, Run, RunState
 from board.templatetags.board_tags import diff_html
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
-LOG_TAIL = 500  # events shown when a card opens; the rest stays in the table
+LOG_TAIL = 500  # events shown when a card opens (or per "Load earlier"); the rest stays in the table
+LOG_TAIL_CHARS = 200_000  # and about this many characters of them at most
 DIFF_LIMIT = 400_000  # characters of diff rendered at once; longer diffs are cut with a note
 
 
@@ -135,10 +136,8 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
         "queue": queue_places([run]),
     }
     if "log" in parts:
-        events = []
-        if run:
-            events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0).order_by("-seq")[:LOG_TAIL])[::-1]
-        context.update(events=events, earlier=bool(events) and events[0].seq > 1)
+        events, earlier = run.log_tail(LOG_KINDS, None, LOG_TAIL, LOG_TAIL_CHARS) if run else ([], False)
+        context.update(events=events, earlier=earlier)
     if "commits" in parts:
         context["commits"] = _commits(card)
     if "diff" in parts:
@@ -166,8 +165,8 @@ def card_log(request, card_id):
     except ValueError:
         return HttpResponse("run and before must be numbers", status=400)
     run = get_object_or_404(Run, pk=run_id, card_id=card.pk)
-    events = list(run.events.filter(kind__in=LOG_KINDS, seq__gt=0, seq__lt=before).order_by("-seq")[:LOG_TAIL])[::-1]
-    context = {"card": card, "run": run, "events": events, "earlier": bool(events) and events[0].seq > 1}
+    events, earlier = run.log_tail(LOG_KINDS, before, LOG_TAIL, LOG_TAIL_CHARS)
+    context = {"card": card, "run": run, "events": events, "earlier": earlier}
     return render(request, "board/card_detail.html#log-earlier", context)
 
 

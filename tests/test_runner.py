@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents import runner, worktrees
-from board.models import Card, Column, Event, Run, RunState
+from board.models import LOG_CHUNK_CHARS, Card, Column, Event, Run, RunState
 from tests.conftest import execute_in_thread, free_port, git
 
 pytestmark = pytest.mark.django_db
@@ -429,3 +429,56 @@ def test_an_agent_that_switches_branches_fails_the_run_instead_of_misplacing_wor
     assert "sneaky-branch instead of the card's branch" in run.error
     assert git(project.repo_path, "rev-list", "--count", f"main..{card.branch}").strip() == "0"
     assert git(project.repo_path, "show", "sneaky-branch:x.txt") == "x\n", "the agent's work is where it put it"
+
+
+def test_a_flood_of_output_is_stored_in_bounded_chunks_in_order(make_card):
+    # 20,000 lines of 100 characters as fast as the command can print them: 2 MB.
+    card = make_card("python3 -c \"import sys\nfor i in range(20000): sys.stdout.write('%06d ' % i + 'y' * 93 + '\\n')\"")
+    run = start_and_run(card)
+    assert run.state == RunState.SUCCEEDED, run.error
+    chunks = list(run.events.filter(kind="log").order_by("seq").values_list("text", flat=True))
+    assert len(chunks) >= 2_000_000 // (LOG_CHUNK_CHARS + 4000)
+    assert max(len(c) for c in chunks) <= LOG_CHUNK_CHARS
+    lines = "\n".join(chunks).split("\n")
+    assert [int(line[:6]) for line in lines] == list(range(20000)), "every line, once, in order"
+    assert run.log_chars == sum(len(c) for c in chunks)
+
+
+def test_one_long_text_is_split_into_chunks_between_lines(make_card):
+    run = make_card().start()
+    text = "\n".join(f"row {i:05d} " + "z" * 90 for i in range(1000))  # about 100,000 characters
+    run.emit("log", text)
+    chunks = list(run.events.filter(kind="log").order_by("seq").values_list("text", flat=True))
+    assert len(chunks) >= 4 and all(len(c) <= LOG_CHUNK_CHARS for c in chunks)
+    assert "\n".join(chunks) == text, "cut at line breaks, nothing lost or doubled"
+
+
+def test_output_past_the_retention_limit_drops_the_oldest_but_keeps_the_start_steps_and_the_newest(make_card, settings):
+    settings.BOARD_RUN_LOG_MAX_CHARS = 100_000
+    run = make_card().start()
+    run.emit("step", "a step that stays")
+    for i in range(300):  # 300 chunks of about 1,000 characters: three times the limit
+        run.emit("log", "\n".join(f"out {i}.{j} " + "w" * 90 for j in range(10)))
+    run.refresh_from_db()
+    stored = list(run.events.filter(kind="log").order_by("seq").values_list("text", flat=True))
+    assert sum(len(t) for t in stored) == run.log_chars <= 100_000
+    assert stored[0].startswith("out 0.0 "), "the run's first output is kept"
+    assert stored[-1].startswith("out 299.0 "), "the newest output is kept"
+    assert run.events.filter(kind="step", text="a step that stays").exists()
+    gone = 3000 - sum(t.count("\n") + 1 for t in stored)
+    assert run.log_dropped == gone > 0
+    note = run.events.filter(kind="step", text__startswith="Dropped").order_by("-seq").first()
+    assert note is not None and f"({gone:,} lines dropped in all)" in note.text
+
+
+def test_the_card_page_reads_only_the_tail_of_a_huge_log(make_card):
+    run = make_card().start()
+    for i in range(40):
+        run.emit("log", f"big {i} " + "q" * 30_000)
+    events, earlier = run.log_tail(("log",), None, 500, 200_000)
+    assert earlier and [e.text[:6] for e in events] == [f"big {i}" for i in range(34, 40)]
+    assert sum(len(e.text) for e in events) <= 200_000
+    events, earlier = run.log_tail(("log",), events[0].seq, 500, 200_000)
+    assert events[-1].text.startswith("big 33 ")
+    one, _ = run.log_tail(("log",), None, 500, 10)
+    assert len(one) == 1, "never less than one event, however long"
