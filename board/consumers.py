@@ -1,40 +1,54 @@
 """Websocket consumers. They only push HTML for htmx's ws extension (each top-level element is
-swapped by its id); every write goes through a normal POST view."""
+swapped by its id); every write goes through a normal POST view. The one message a browser sends
+is the card page's resume point (see CardConsumer)."""
 
 from __future__ import annotations
+
+import asyncio
+import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from board import relay
-from board.models import Card, Project
+from board.models import Card, Project, RunState
 from board.views import LOG_KINDS, board_context, card_context, queue_places
 
 # Event kinds that change what a card shows on the board or in its detail.
 BOARD_KINDS = {"card", "state", "step", "log", "checkpoint", "usage", "approval", "check"}
-# Characters of new output one push may carry to a card page; a flood beyond it shows its tail
-# and says how much it left out (all of it stays stored with the run).
-LIVE_PUSH_CHARS = 200_000
+# Seconds between two pushes of one card to one board: updates in between are folded into the
+# next push, which renders the card as it is then (a few updates a second per card at most).
+CARD_PUSH_GAP = 0.25
+# Seconds a card page's socket waits for the browser's resume point before sending the whole log.
+RESUME_WAIT = 2.0
 
 
 class BoardConsumer(AsyncWebsocketConsumer):
     """Pushes card updates of one project's board: a card re-rendered in place, or moved to the top
-    of its new column. On (re)connect it sends all columns, so a browser that missed pushes is
-    made right at once."""
+    of its new column, at most once every CARD_PUSH_GAP seconds per card. On (re)connect it sends
+    all columns, so a browser that missed pushes is made right at once. When runs start or end
+    anywhere, its queued cards are re-rendered, since their places in the queue moved."""
 
     async def connect(self):
         self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
         if not await database_sync_to_async(Project.objects.filter(pk=self.project_id).exists)():
             await self.close(code=4404)
             return
+        self.last_push: dict[int, float] = {}
+        self.later: dict[int, asyncio.Task] = {}
+        self.moves: dict[int, dict] = {}
         await self.channel_layer.group_add(relay.project_group(self.project_id), self.channel_name)
+        await self.channel_layer.group_add(relay.QUEUE_GROUP, self.channel_name)
         await self.accept()
         await relay.ensure_started()
         await self.send(text_data=await self._render_columns())
 
     async def disconnect(self, code):
+        for task in getattr(self, "later", {}).values():
+            task.cancel()
         await self.channel_layer.group_discard(relay.project_group(self.project_id), self.channel_name)
+        await self.channel_layer.group_discard(relay.QUEUE_GROUP, self.channel_name)
 
     @database_sync_to_async
     def _render_columns(self) -> str:
@@ -42,31 +56,68 @@ class BoardConsumer(AsyncWebsocketConsumer):
         return render_to_string("board/board.html#columns", board_context(project, oob=True))
 
     @database_sync_to_async
-    def _render_card(self, card_id: int, events: list[dict]) -> str:
+    def _render_card(self, card_id: int, moved: bool = False, created: bool = False) -> str:
         card = Card.objects.select_related("agent", "current_run").filter(pk=card_id).first()
-        if card is None:  # deleted
+        if card is None or card.project_id != self.project_id:  # deleted
             return f'<div id="card-{card_id}" hx-swap-oob="delete"></div>'
-        moves = [e["data"] for e in events if e["kind"] == "card" and e["data"].get("to")]
-        created = any(m.get("from") is None for m in moves)
-        moved = any(m.get("from") != m.get("to") for m in moves)
         context = {"card": card, "moved": moved, "created": created, "queue": queue_places([card.current_run])}
         return render_to_string("board/board.html#card-push", context)
 
+    @database_sync_to_async
+    def _queued_cards(self) -> list[int]:
+        return list(Card.objects.filter(project_id=self.project_id, current_run__state=RunState.QUEUED).values_list("pk", flat=True))
+
     async def board_events(self, message):
-        """All of one card's new events since the relay's last look: the card rendered once."""
-        if any(e["kind"] in BOARD_KINDS for e in message["events"]):
-            await self.send(text_data=await self._render_card(message["card_id"], message["events"]))
+        """All of one card's new events since the last message: the card rendered once."""
+        events = message["events"]
+        if not any(e["kind"] in BOARD_KINDS for e in events):
+            return
+        moves = [e["data"] for e in events if e["kind"] == "card" and e["data"].get("to")]
+        flags = self.moves.setdefault(message["card_id"], {"moved": False, "created": False})
+        flags["created"] |= any(m.get("from") is None for m in moves)
+        flags["moved"] |= any(m.get("from") != m.get("to") for m in moves)
+        await self._push(message["card_id"])
+
+    async def board_queue(self, message):
+        """Runs started or ended somewhere: this board's queued cards show new places."""
+        for card_id in await self._queued_cards():
+            await self._push(card_id)
+
+    async def _push(self, card_id: int) -> None:
+        if card_id in self.later:  # a push is already due; it will show this too
+            return
+        wait = self.last_push.get(card_id, 0.0) + CARD_PUSH_GAP - asyncio.get_running_loop().time()
+        if wait > 0:
+            self.later[card_id] = asyncio.get_running_loop().create_task(self._push_after(card_id, wait))
+            return
+        await self._send_card(card_id)
+
+    async def _push_after(self, card_id: int, wait: float) -> None:
+        await asyncio.sleep(wait)
+        del self.later[card_id]
+        await self._send_card(card_id)
+
+    async def _send_card(self, card_id: int) -> None:
+        self.last_push[card_id] = asyncio.get_running_loop().time()
+        flags = self.moves.pop(card_id, {})
+        await self.send(text_data=await self._render_card(card_id, **flags))
 
 
 class CardConsumer(AsyncWebsocketConsumer):
     """Pushes one card's detail: new log lines appended, the header (state, last line) re-rendered,
     and the commits and diff when a run ends or checkpoints.
 
-    It remembers the run and the last sequence number it has shown, so a line that was already in
-    the log it rendered is never appended twice, and a new run gets a fresh log."""
+    The page says where its log stands when the socket opens, as JSON
+    ``{"resume": {"run": <run id>, "seq": <last sequence number shown>}}``; the consumer answers
+    with what the page missed (from the table) and the header. Without that message within
+    RESUME_WAIT seconds, or for another run than the card's current one, it sends the header and
+    the log's tail afresh. It then remembers the run and the last sequence number handled, so a
+    line is never appended twice, and a gap in what the channel layer brought is filled from the
+    table."""
 
     run_id: int | None = None
     seq = 0
+    synced = False
 
     async def connect(self):
         self.card_id = self.scope["url_route"]["kwargs"]["card_id"]
@@ -76,13 +127,48 @@ class CardConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(relay.card_group(self.card_id), self.channel_name)
         await self.accept()
         await relay.ensure_started()
-        await self.send(text_data=await self._render(["header", "log"]))
+        self.fallback = asyncio.get_running_loop().create_task(self._sync_later())
 
     async def disconnect(self, code):
+        if getattr(self, "fallback", None):
+            self.fallback.cancel()
         await self.channel_layer.group_discard(relay.card_group(self.card_id), self.channel_name)
+
+    async def _sync_later(self) -> None:
+        await asyncio.sleep(RESUME_WAIT)
+        if not self.synced:
+            self.synced = True
+            await self.send(text_data=await self._render(["header", "log"]))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """The page's resume point; anything else is ignored."""
+        try:
+            point = json.loads(text_data or "")["resume"]
+            run_id, seq = int(point["run"]), int(point["seq"])
+        except (ValueError, TypeError, KeyError):
+            return
+        if self.synced:  # already sent the page what it needs
+            return
+        self.synced = True
+        self.fallback.cancel()
+        await self.send(text_data=await self._resume(run_id, seq))
+
+    @database_sync_to_async
+    def _resume(self, run_id: int, seq: int) -> str:
+        card = Card.objects.filter(pk=self.card_id).values_list("current_run_id", flat=True).first()
+        if card is None or card != run_id or seq < 0:
+            return self._render_sync(["header", "log"])
+        self.run_id, self.seq = run_id, seq
+        html = self._events_html(relay.stored_rows(run_id, seq))
+        if 'id="card-header"' not in html:  # nothing missed; the header is cheap and always right
+            html += self._render_sync(["header"])
+        return html
 
     @database_sync_to_async
     def _render(self, parts: list[str]) -> str:
+        return self._render_sync(parts)
+
+    def _render_sync(self, parts: list[str]) -> str:
         card = Card.objects.select_related("project", "agent", "current_run").filter(pk=self.card_id).first()
         if card is None:
             return '<section id="card-header" class="panel" hx-swap-oob="true"><p role="alert">This card was deleted.</p></section>'
@@ -92,41 +178,39 @@ class CardConsumer(AsyncWebsocketConsumer):
             self.seq = context["events"][-1].seq if context["events"] else 0
         return "".join(render_to_string(f"board/card_detail.html#{p}", context) for p in parts)
 
-    async def board_events(self, message):
-        """All of the card's new events since the relay's last look, in one push: new log lines
-        appended (a new run gets its log afresh), the header once, commits and diff when a run
-        ended or checkpointed."""
-        events = message["events"]
+    def _events_html(self, events: list[dict]) -> str:
+        """HTML for new events of the card: log lines of the current run appended (a new run gets
+        its log afresh), the header once, commits and diff when a run ended or checkpointed."""
         html = ""
-        lines = [e for e in events if e["kind"] in LOG_KINDS and e["seq"] > 0]
-        if any(e["run_id"] != self.run_id for e in lines):
-            html += await self._render(["log"])
-        else:
-            fresh = [e for e in lines if e["seq"] > self.seq]
-            if fresh:
-                self.seq = fresh[-1]["seq"]
-                shown, skipped = _tail_within(fresh, LIVE_PUSH_CHARS)
-                html += render_to_string("board/card_detail.html#log-push", {"events": shown, "skipped": skipped})
+        mine = [e for e in events if e["run_id"] == self.run_id and e["seq"] > self.seq]
+        if mine and mine[0]["seq"] > self.seq + 1:
+            # What the channel layer did not bring, or what came between the page's render and
+            # the first message: read from the table.
+            mine = relay.cut_flood(relay.stored_rows(self.run_id, self.seq, mine[0]["seq"]) + mine)
+        if any(e["run_id"] not in (None, self.run_id) and e["seq"] > 0 for e in events):
+            html += self._render_sync(["log"])
+        elif mine:
+            self.seq = mine[-1]["seq"]
+            lines = [e for e in mine if e["kind"] in LOG_KINDS]
+            shown = [e for e in lines if not e.get("cut")]
+            if lines:
+                html += render_to_string("board/card_detail.html#log-push", {"events": shown, "skipped": len(lines) - len(shown)})
         kinds = {e["kind"] for e in events}
         if kinds & BOARD_KINDS:  # the header shows the latest line
             parts = ["header"]
             ended = any(e["kind"] == "state" and e["text"] not in ("queued", "running") for e in events)
             if "checkpoint" in kinds or ended:
                 parts += ["commits", "diff"]
-            html += await self._render(parts)
+            html += self._render_sync(parts)
+        return html
+
+    async def board_events(self, message):
+        """All of the card's new events since the last message, in one push."""
+        if not self.synced:  # the resume answer, read from the table later, will hold these
+            return
+        html = await database_sync_to_async(self._events_html)(message["events"])
         if html:
             await self.send(text_data=html)
-
-
-def _tail_within(events: list[dict], limit: int) -> tuple[list[dict], int]:
-    """The last events whose texts fit in ``limit`` characters, and how many were left out."""
-    total, keep = 0, 0
-    for event in reversed(events):
-        total += len(event["text"]) + 1
-        if total > limit and keep:
-            break
-        keep += 1
-    return events[len(events) - keep:], len(events) - keep
 
 
 class RefusingConsumer(AsyncWebsocketConsumer):

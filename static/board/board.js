@@ -25,7 +25,39 @@
     if (log && log.dataset.follow !== "off") log.scrollTop = log.scrollHeight;
   }
   document.addEventListener("DOMContentLoaded", function () { tick(); stickLog(); });
-  document.addEventListener("htmx:oobAfterSwap", function () { tick(); stickLog(); });
+  // The card page keeps the newest LOG_DOM_EVENTS output chunks (about LOG_DOM_CHARS characters)
+  // while it follows a flood; older ones leave the page, and "Load earlier lines" brings them back.
+  var LOG_DOM_EVENTS = 1000, LOG_DOM_CHARS = 1000000;
+  function trimLog() {
+    var log = document.getElementById("log");
+    if (!log || log.dataset.follow === "off" || !log.dataset.run) return;
+    var lines = log.querySelectorAll(":scope > .line[data-seq]");
+    var chars = 0, first = 0;
+    for (var i = lines.length - 1; i >= 0; i--) {
+      chars += parseInt(lines[i].dataset.len || "0", 10);
+      if (lines.length - i > LOG_DOM_EVENTS || chars > LOG_DOM_CHARS) { first = i + 1; break; }
+    }
+    if (!first || first >= lines.length) return;
+    while (log.firstChild && log.firstChild !== lines[first]) log.removeChild(log.firstChild);
+    var more = document.createElement("button");
+    more.type = "button";
+    more.className = "link load-earlier";
+    more.textContent = "Load earlier lines";
+    more.setAttribute("hx-get", log.dataset.earlierUrl + "?run=" + log.dataset.run + "&before=" + lines[first].dataset.seq);
+    more.setAttribute("hx-swap", "outerHTML");
+    log.insertBefore(more, log.firstChild);
+    htmx.process(more);
+  }
+  document.addEventListener("htmx:oobAfterSwap", function () { tick(); trimLog(); stickLog(); });
+  // When the card page's socket (re)opens, say where its log stands: the server sends what the
+  // page missed, however long it was away, instead of the whole log again.
+  document.addEventListener("htmx:wsOpen", function (e) {
+    var log = document.getElementById("log");
+    if (!log || !e.detail.socketWrapper) return;
+    var lines = log.querySelectorAll(".line[data-seq]");
+    var seq = lines.length ? parseInt(lines[lines.length - 1].dataset.seq, 10) : 0;
+    e.detail.socketWrapper.send(JSON.stringify({resume: {run: parseInt(log.dataset.run || "0", 10) || 0, seq: seq}}));
+  });
   document.addEventListener("htmx:afterSwap", tick);
   document.addEventListener("scroll", function (e) {
     var log = document.getElementById("log");
