@@ -120,6 +120,18 @@ CACHES = {
 # The relay sends one message per card per look; the capacity (messages a channel holds before
 # new ones are dropped) leaves room for hundreds of busy cards on one open board.
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 2000}}}
+# Redis mode: REDIS_URL (such as redis://127.0.0.1:6379/0) makes Redis the channel layer, so that
+# whoever writes an event publishes it and no relay polls the table, and django-q2's broker.
+# BOARD_REDIS_PREFIX keeps boards that share one Redis apart.
+REDIS_URL = env.str("REDIS_URL", default="")
+BOARD_REDIS_PREFIX = env.str("BOARD_REDIS_PREFIX", default="board")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{BOARD_REDIS_PREFIX}:asgi", "capacity": 2000},
+        }
+    }
 
 BOARD_HOST = env.str("BOARD_HOST", default="127.0.0.1")
 BOARD_PORT = env.int("BOARD_PORT", default=8300)
@@ -134,6 +146,9 @@ BOARD_GIT_NAME = env.str("BOARD_GIT_NAME", default="Agent Board")
 BOARD_GIT_EMAIL = env.str("BOARD_GIT_EMAIL", default="agent-board@localhost")
 # How often, in seconds, the web process looks for new event rows to push (embedded mode).
 BOARD_RELAY_INTERVAL = env.float("BOARD_RELAY_INTERVAL", default=0.25)
+# Output stored per run, in characters. Past it the oldest output is dropped (the first lines and
+# the newest stay, and the log says how much went), so a run that prints for days cannot fill the disk.
+BOARD_RUN_LOG_MAX_CHARS = env.int("BOARD_RUN_LOG_MAX_CHARS", default=50_000_000)
 
 # django-q2: `timeout` longer than the longest run and `retry` longer than `timeout`, or the broker
 # hands a task out again while it still runs (django-q2 docs, "Configure: retry"); one attempt only,
@@ -151,6 +166,10 @@ Q_CLUSTER = {
     "save_limit": 200,
     "label": "Tasks",
 }
+if REDIS_URL:
+    del Q_CLUSTER["orm"]
+    Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["name"] = f"{BOARD_REDIS_PREFIX}-runs"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("BOARD_TIME_ZONE", default="UTC")

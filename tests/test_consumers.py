@@ -2,16 +2,23 @@
 process writes to the event table reaches a connected board through the web process's relay."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connection
 
+from board import relay
+from board.consumers import CARD_PUSH_GAP, RESUME_WAIT
+from board.models import Run
+from board.relay import LIVE_PUSH_CHARS
 from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,9 +48,11 @@ async def receive_until(communicator, needle: str, timeout: float = 10.0) -> str
             continue
 
 
-def other_process(code: str) -> None:
-    """Run ``code`` in a new Python process with Django set up on the test database."""
-    env = {**os.environ, "BOARD_DB_PATH": str(connection.settings_dict["NAME"]), "DJANGO_SETTINGS_MODULE": "config.settings"}
+def other_process(code: str, **env_vars: str) -> None:
+    """Run ``code`` in a new Python process with Django set up on the test database (and
+    ``env_vars`` in its environment)."""
+    env = {**os.environ, "BOARD_DB_PATH": str(connection.settings_dict["NAME"]), "DJANGO_SETTINGS_MODULE": "config.settings",
+           **env_vars}
     subprocess.run(
         [sys.executable, "-c", "import django; django.setup()\n" + code],
         cwd=settings.BASE_DIR, env=env, check=True, capture_output=True, timeout=60,
@@ -171,3 +180,138 @@ async def test_websocket_paths_the_board_does_not_serve_are_closed_not_errors():
         communicator = WebsocketCommunicator(application, path, headers=HEADERS)
         connected, _ = await communicator.connect()
         assert not connected
+
+
+async def resume(communicator, run_id: int, seq: int) -> None:
+    """Send what the card page sends when its socket opens: where its log stands."""
+    await communicator.send_to(text_data=json.dumps({"resume": {"run": run_id, "seq": seq}}))
+
+
+async def test_a_card_page_cut_off_while_its_run_finishes_gets_what_it_missed_on_reconnect(make_card):
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    await asyncio.to_thread(
+        other_process,
+        f"from board.models import Run\nrun = Run.claim({run.pk}, 'elsewhere', 1)\nrun.emit('log', 'before the cut')",
+    )
+    seen = await database_sync_to_async(lambda: Run.objects.get(pk=run.pk).last_seq)()
+    page = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await page.connect())[0]
+    await resume(page, run.pk, seen)
+    first = await page.receive_from(timeout=5)
+    assert 'data-state="running"' in first and 'id="log"' not in first, "only the header: the page has the log"
+    await page.disconnect()  # the network drops
+
+    await asyncio.to_thread(
+        other_process,
+        f"from board.models import Run\nrun = Run.objects.get(pk={run.pk})\nrun.emit('log', 'while away 1')\n"
+        "run.emit('log', 'while away 2')\nrun.finish('succeeded', 'All done')",
+    )
+    again = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await again.connect())[0]
+    await resume(again, run.pk, seen)
+    pushed = await receive_until(again, "while away 2")
+    assert 'hx-swap-oob="beforeend"' in pushed, "appended to the log the page has"
+    assert pushed.index("while away 1") < pushed.index("while away 2")
+    assert "before the cut" not in pushed, "nothing the page already shows is sent again"
+    assert 'data-state="succeeded"' in pushed and 'id="commits"' in pushed and 'id="diff"' in pushed
+    await again.disconnect()
+
+
+async def test_a_page_of_an_older_run_or_without_a_resume_point_gets_the_whole_log(make_card):
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    await database_sync_to_async(run.emit)("log", "the current run's line")
+    stale = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await stale.connect())[0]
+    await stale.send_to(text_data="not json at all")  # ignored, not fatal
+    await resume(stale, run.pk + 1000, 7)
+    pushed = await stale.receive_from(timeout=5)
+    assert 'id="log"' in pushed and 'hx-swap-oob="true"' in pushed and "the current run&#x27;s line" in pushed
+    await stale.disconnect()
+    silent = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await silent.connect())[0]
+    pushed = await silent.receive_from(timeout=RESUME_WAIT + 5)
+    assert 'id="log"' in pushed and "the current run&#x27;s line" in pushed
+    await silent.disconnect()
+
+
+async def test_a_page_away_during_a_flood_gets_its_tail_and_is_told_what_it_skipped(make_card):
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    page = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+
+    def flood():
+        for i in range(60):  # 60 chunks of about 20,000 characters: 1.2 MB missed
+            run.emit("log", "\n".join(f"chunk {i} line {j} " + "x" * 180 for j in range(100)))
+
+    await database_sync_to_async(flood)()
+    assert (await page.connect())[0]
+    await resume(page, run.pk, 1)
+    pushed = await receive_until(page, "chunk 59 line 99 ")
+    assert len(pushed) < LIVE_PUSH_CHARS * 1.5, "one push stays bounded"
+    assert "came too fast to show live" in pushed and "chunk 0 line 0 " not in pushed
+    await page.disconnect()
+
+
+async def test_a_board_pushes_a_busy_card_a_few_times_a_second_and_ends_on_its_latest_state(make_card, project):
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    board = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/", headers=HEADERS)
+    assert (await board.connect())[0]
+    await board.receive_from(timeout=5)
+    layer = get_channel_layer()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(40):  # as a worker publishing every event would, under Redis
+        await database_sync_to_async(run.emit)("step", f"step number {i}")
+        row = {"id": 0, "run_id": run.pk, "card_id": card.pk, "project_id": project.pk, "seq": i + 2, "kind": "step", "text": "", "data": {}}
+        await layer.group_send(f"project-{project.pk}", {"type": "board.events", "card_id": card.pk, "project_id": project.pk, "events": [row]})
+        await asyncio.sleep(0.02)
+    await receive_until(board, "step number 39", timeout=5)
+    elapsed = loop.time() - started
+    pushes = [m for m in _received[id(board)][1:] if f'id="card-{card.pk}"' in m]
+    assert len(pushes) <= elapsed / CARD_PUSH_GAP + 2, f"{len(pushes)} pushes in {elapsed:.2f} s"
+    await board.disconnect()
+
+
+@pytest.fixture
+def redis_mode(settings):
+    """The board's Redis mode on this machine's Redis (REDIS_URL, as the team server sets it), under
+    a prefix of its own; returns the environment another process needs for the same mode. Fails,
+    never skips, when Redis is not there."""
+    url = os.environ.get("BOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url], "prefix": f"{prefix}:asgi"}}
+    }
+    channel_layers.backends.clear()
+    yield {"REDIS_URL": url, "BOARD_REDIS_PREFIX": prefix}
+    channel_layers.backends.clear()
+
+
+async def test_in_redis_mode_a_worker_publishes_its_events_and_no_relay_polls(make_card, project, redis_mode):
+    assert relay.publishes_directly()
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    board = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/", headers=HEADERS)
+    page = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await board.connect())[0] and (await page.connect())[0]
+    await board.receive_from(timeout=5)
+    await resume(page, run.pk, await database_sync_to_async(lambda: Run.objects.get(pk=run.pk).last_seq)())
+    await page.receive_from(timeout=5)
+    await asyncio.to_thread(
+        other_process,
+        f"from board.models import Run\nrun = Run.claim({run.pk}, 'elsewhere', 1)\nrun.emit('log', 'straight through redis')\n"
+        "run.finish('succeeded', 'All done')",
+        **redis_mode,
+    )
+    line = await receive_until(page, "straight through redis")
+    assert 'hx-swap-oob="beforeend"' in line
+    await receive_until(page, 'data-state="succeeded"')
+    moved = await receive_until(board, "afterbegin:#list-review")
+    assert f'id="card-{card.pk}"' in moved
+    assert relay._task is None or relay._task.done() or relay._task.get_loop() is not asyncio.get_running_loop(), \
+        "no relay runs in Redis mode"
+    await board.disconnect()
+    await page.disconnect()
