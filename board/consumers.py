@@ -17,9 +17,10 @@ from board.views import LOG_KINDS, board_context, card_context, queue_places
 
 # Event kinds that change what a card shows on the board or in its detail.
 BOARD_KINDS = {"card", "state", "step", "log", "checkpoint", "usage", "approval", "check"}
-# Seconds between two pushes of one card to one board: updates in between are folded into the
-# next push, which renders the card as it is then (a few updates a second per card at most).
-CARD_PUSH_GAP = 0.25
+# Seconds between two pushes of one card to one browser: updates in between are folded into the
+# next push, which renders the card as it is then (five updates a second per card at most); a
+# card quiet for that long is pushed at once.
+CARD_PUSH_GAP = 0.2
 # Seconds a card page's socket waits for the browser's resume point before sending the whole log.
 RESUME_WAIT = 2.0
 
@@ -105,7 +106,8 @@ class BoardConsumer(AsyncWebsocketConsumer):
 
 class CardConsumer(AsyncWebsocketConsumer):
     """Pushes one card's detail: new log lines appended, the header (state, last line) re-rendered,
-    and the commits and diff when a run ends or checkpoints.
+    and the commits and diff when a run ends or checkpoints; at most once every CARD_PUSH_GAP
+    seconds.
 
     The page says where its log stands when the socket opens, as JSON
     ``{"resume": {"run": <run id>, "seq": <last sequence number shown>}}``; the consumer answers
@@ -118,6 +120,8 @@ class CardConsumer(AsyncWebsocketConsumer):
     run_id: int | None = None
     seq = 0
     synced = False
+    last_push = 0.0
+    later: asyncio.Task | None = None
 
     async def connect(self):
         self.card_id = self.scope["url_route"]["kwargs"]["card_id"]
@@ -127,11 +131,13 @@ class CardConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(relay.card_group(self.card_id), self.channel_name)
         await self.accept()
         await relay.ensure_started()
+        self.buffer: list[dict] = []
         self.fallback = asyncio.get_running_loop().create_task(self._sync_later())
 
     async def disconnect(self, code):
-        if getattr(self, "fallback", None):
-            self.fallback.cancel()
+        for task in (getattr(self, "fallback", None), self.later):
+            if task is not None:
+                task.cancel()
         await self.channel_layer.group_discard(relay.card_group(self.card_id), self.channel_name)
 
     async def _sync_later(self) -> None:
@@ -205,10 +211,28 @@ class CardConsumer(AsyncWebsocketConsumer):
         return html
 
     async def board_events(self, message):
-        """All of the card's new events since the last message, in one push."""
+        """The card's new events: pushed at once when the page has had nothing for
+        CARD_PUSH_GAP seconds, else folded into one push at the end of the gap."""
         if not self.synced:  # the resume answer, read from the table later, will hold these
             return
-        html = await database_sync_to_async(self._events_html)(message["events"])
+        self.buffer.extend(message["events"])
+        if self.later is not None:
+            return
+        wait = self.last_push + CARD_PUSH_GAP - asyncio.get_running_loop().time()
+        if wait > 0:
+            self.later = asyncio.get_running_loop().create_task(self._flush_after(wait))
+            return
+        await self._flush()
+
+    async def _flush_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.later = None
+        await self._flush()
+
+    async def _flush(self) -> None:
+        self.last_push = asyncio.get_running_loop().time()
+        events, self.buffer = relay.cut_flood(self.buffer), []
+        html = await database_sync_to_async(self._events_html)(events)
         if html:
             await self.send(text_data=html)
 

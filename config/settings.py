@@ -145,7 +145,7 @@ BOARD_BRANCH_PREFIX = env.str("BOARD_BRANCH_PREFIX", default="agent")
 BOARD_GIT_NAME = env.str("BOARD_GIT_NAME", default="Agent Board")
 BOARD_GIT_EMAIL = env.str("BOARD_GIT_EMAIL", default="agent-board@localhost")
 # How often, in seconds, the web process looks for new event rows to push (embedded mode).
-BOARD_RELAY_INTERVAL = env.float("BOARD_RELAY_INTERVAL", default=0.25)
+BOARD_RELAY_INTERVAL = env.float("BOARD_RELAY_INTERVAL", default=0.1)
 # Output stored per run, in characters. Past it the oldest output is dropped (the first lines and
 # the newest stay, and the log says how much went), so a run that prints for days cannot fill the disk.
 BOARD_RUN_LOG_MAX_CHARS = env.int("BOARD_RUN_LOG_MAX_CHARS", default=50_000_000)
