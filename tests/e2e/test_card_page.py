@@ -16,14 +16,18 @@ from tests.e2e.conftest import OUTPUT_DIR
 pytestmark = pytest.mark.e2e
 
 
+def add_project(board, folder, name: str) -> str:
+    """A one-commit repository at ``folder``, added to the board as project ``name``; its id."""
+    folder.mkdir()
+    git(folder, "init", "-q", "-b", "main")
+    (folder / "README.md").write_text(f"# {name}\n")
+    git(folder, "add", "README.md")
+    git(folder, "commit", "-q", "-m", "Initial commit")
+    return board.manage("project", "add", str(folder), "--name", name).strip().splitlines()[-1]
+
+
 def test_start_and_stop_on_the_card_page_work_after_live_updates(board, page, tmp_path):
-    repo = tmp_path / "card-page-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Card page\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
-    project = board.manage("project", "add", str(repo), "--name", "card-page").strip().splitlines()[-1]
+    project = add_project(board, tmp_path / "card-page-repo", "card-page")
     board.manage("agent", "add", "ticker", "--command", "for i in $(seq 1 600); do echo tick $i; sleep 0.2; done")
     card = board.manage("card", "add", "--project", project, "--title", "Tick away", "--agent", "ticker").strip().splitlines()[-1]
 
@@ -42,14 +46,8 @@ def test_start_and_stop_on_the_card_page_work_after_live_updates(board, page, tm
 
 
 def test_a_card_page_cut_off_while_its_run_finishes_shows_it_right_after_reconnecting(board, page, tmp_path):
-    repo = tmp_path / "reconnect-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Reconnect\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
     go = tmp_path / "finish-now"
-    project = board.manage("project", "add", str(repo), "--name", "reconnect").strip().splitlines()[-1]
+    project = add_project(board, tmp_path / "reconnect-repo", "reconnect")
     board.manage(
         "agent", "add", "waiter", "--command",
         # Variables keep the printed words out of the command line, which the log shows too.
