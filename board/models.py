@@ -49,6 +49,14 @@ class Mode(models.TextChoices):
     PLAN = "plan", "Plan first, act once approved"
 
 
+class LandMode(models.TextChoices):
+    """How a card's branch lands on the base branch."""
+
+    MERGE = "merge", "Merge commit"
+    SQUASH = "squash", "Squash into one commit"
+    REBASE = "rebase", "Rebase and fast-forward"
+
+
 ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.AWAITING_APPROVAL)
 FINAL_STATES = (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED, RunState.INTERRUPTED)
 LOG_CHUNK_CHARS = 32_000  # characters of output in one stored event at most
@@ -93,6 +101,13 @@ class Project(models.Model):
         max_digits=10, decimal_places=2, null=True, blank=True, help_text="US dollars per run (litellm's prices)."
     )
     max_minutes = models.PositiveIntegerField(null=True, blank=True, help_text="Working minutes per run.")
+    land_mode = models.CharField(max_length=10, choices=LandMode.choices, default=LandMode.MERGE)
+    delete_branch_on_land = models.BooleanField(
+        default=False, help_text="Delete a card's branch once it has landed (its commits are on the base branch)."
+    )
+    remote = models.CharField(
+        max_length=100, default="origin", help_text="Remote that cards' branches are pushed to for pull requests."
+    )
     max_parallel = models.PositiveIntegerField(
         null=True, blank=True,
         help_text="Runs of this project at once; empty: as many as there are workers. The rest wait in the queue.",
@@ -190,6 +205,14 @@ class Card(models.Model):
     max_steps = models.PositiveIntegerField(null=True, blank=True)
     max_cost = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
     max_minutes = models.PositiveIntegerField(null=True, blank=True)
+    land_mode = models.CharField(max_length=10, choices=LandMode.choices, blank=True, help_text="Empty: the project's.")
+    landed_commit = models.CharField(max_length=64, blank=True, help_text="The base branch's commit the landing made.")
+    landed_at = models.DateTimeField(null=True, blank=True)
+    pr_url = models.URLField(max_length=500, blank=True, help_text="The pull request opened for the card's branch.")
+    conflicts = models.JSONField(
+        null=True, blank=True,
+        help_text='The last trial merge with the base: {"base": sha, "files": [paths], "checked_at": iso time}.',
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -750,6 +773,30 @@ class Run(models.Model):
             return None
         end = self.ended_at or timezone.now()
         return int((end - self.started_at).total_seconds())
+
+
+class DiffComment(models.Model):
+    """The lead's comment on one line of a card's diff. Unsent comments go back to the agent
+    together, as one follow-up; ``sent_run`` is the run that carried it."""
+
+    class Side(models.TextChoices):
+        OLD = "old", "Old (removed) line"
+        NEW = "new", "New line"
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="comments")
+    commit = models.CharField(max_length=64, blank=True, help_text="The commit whose diff was commented.")
+    path = models.CharField(max_length=4096)
+    line = models.PositiveIntegerField(help_text="Line number on ``side`` of the diff, from 1.")
+    side = models.CharField(max_length=3, choices=Side.choices, default=Side.NEW)
+    text = models.TextField()
+    sent_run = models.ForeignKey("Run", on_delete=models.SET_NULL, null=True, blank=True, related_name="comments")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["path", "line", "id"]
+
+    def __str__(self):
+        return f"{self.path}:{self.line} on card {self.card_id}"
 
 
 def _chunks(text: str, size: int) -> list[str]:
