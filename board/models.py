@@ -365,10 +365,86 @@ class Card(models.Model):
             Event.record(self, None, "card", "deleted", {"from": self.column, "to": None})
             self.delete()
 
+    # Landing. The git work is agents/landing.py's; these are its guards and its records.
+
+    @property
+    def effective_land_mode(self) -> str:
+        """How this card lands: its own LandMode, else its project's."""
+        return self.land_mode or self.project.land_mode
+
+    def check_branch_idle(self, doing: str) -> None:
+        """Refuse (BoardError) to ``doing`` (such as "land", "rebase") the card's branch while it
+        has landed already, has no branch yet, or a run is active (queued, running, awaiting
+        approval): that run works on the branch and would race the change."""
+        if self.landed_commit:
+            raise BoardError(f"This card has already landed as {self.landed_commit[:10]}.")
+        if not self.branch:
+            raise BoardError(f"Nothing to {doing}: the card has no branch yet; start it first.")
+        active = self.runs.filter(state__in=ACTIVE_STATES).values_list("state", flat=True).first()
+        if active:
+            raise BoardError(
+                f"A run of this card is still {RunState(active).label}: wait for it to end or stop it, then {doing}."
+            )
+
+    def check_can_land(self) -> None:
+        """Refuse (BoardError) to land a card that may not land now: see ``check_branch_idle``, and
+        only a card in Review lands. Review means its last run succeeded (and passed its checks);
+        the work of a run that failed or was stopped halfway is resumed or started again first,
+        rather than landed by accident from In Progress."""
+        self.check_branch_idle("land")
+        if self.column != Column.REVIEW:
+            raise BoardError(
+                f"Only a card in Review can land; this one is in {self.get_column_display()}: "
+                "its last run must succeed first."
+            )
+
+    def record_landing(self, sha: str, mode: str, note: str = "") -> None:
+        """The card's branch has landed as commit ``sha`` (LandMode ``mode``): remember it, move the
+        card to Done and tell open boards and card pages."""
+        with transaction.atomic():
+            self.landed_commit, self.landed_at, self.conflicts = sha, timezone.now(), None
+            self.save(update_fields=["landed_commit", "landed_at", "conflicts", "updated_at"])
+            self.move_to(Column.DONE)
+            Event.record(self, None, "card", note or f"landed as {sha[:10]}", {"landed": sha, "mode": mode})
+
+    def record_conflicts(self, base: str, files: list[str]) -> None:
+        """The result of a trial merge with the base at commit ``base``: the conflicting ``files``
+        ([] when it merges cleanly), shown on the card until the next check or landing."""
+        self.conflicts = {"base": base, "files": list(files), "checked_at": timezone.now().isoformat()}
+        self.save(update_fields=["conflicts", "updated_at"])
+        Event.record(self, None, "card", "conflicts checked", {"conflicts": self.conflicts})
+
+    def record_pull_request(self, url: str) -> None:
+        """A pull request was opened for the card's branch at ``url``."""
+        self.pr_url = url[:500]
+        self.save(update_fields=["pr_url", "updated_at"])
+        Event.record(self, None, "card", "pull request opened", {"url": self.pr_url})
+
+    def resolve_conflicts(self) -> Run:
+        """Send the card back to its agent (a follow-up run) to merge the base branch into its
+        branch and resolve the conflicts the last check found. Raises BoardError when no conflict
+        is known, and as ``follow_up``."""
+        files = (self.conflicts or {}).get("files") or []
+        if not files:
+            raise BoardError("No conflicts are known: check for conflicts first.")
+        base = self.project.base_branch
+        at = (self.conflicts or {}).get("base", "")
+        listed = "\n".join(f"- {path}" for path in files)
+        text = (
+            f"This branch conflicts with the base branch {base}{f' (at {at[:10]})' if at else ''} in these files:\n"
+            f"{listed}\n\n"
+            f"Merge {base} into this branch (git merge {base}), resolve the conflicts in those files so that both "
+            "sides' intent is kept, make sure the result works, and commit the merge. Do not rebase, and do not "
+            f"change {base} itself."
+        )
+        return self.follow_up(text)
+
     def as_dict(self) -> dict:
         """The card as ``card show --json`` prints it: id, state (of the latest run, or "idle"),
         column, branch, worktree, base_commit, commits (the branch's new commit ids, oldest first, as
-        the latest run recorded them), summary and error."""
+        the latest run recorded them), summary and error; landed_commit ("" until it lands),
+        pr_url ("" until a pull request is opened) and conflicts (the last trial merge:
+        {"base", "files", "checked_at"}, or None)."""
         run = self.current_run
         return {
             "id": self.pk,
@@ -383,6 +459,9 @@ class Card(models.Model):
             "error": run.error if run else "",
             "pending": run.pending if run else None,
             "usage": {"steps": run.steps, "tokens": run.tokens, "cost": run.cost} if run else None,
+            "landed_commit": self.landed_commit,
+            "pr_url": self.pr_url,
+            "conflicts": self.conflicts,
         }
 
 
