@@ -68,6 +68,7 @@ def test_card_add_prints_the_id_and_card_show_prints_the_json(project):
     assert data == {
         "id": card.pk, "title": "Fix it", "state": "idle", "column": "backlog", "branch": "", "worktree": "",
         "base_commit": "", "commits": [], "summary": "", "error": "", "pending": None, "usage": None,
+        "landed_commit": "", "pr_url": "", "conflicts": None,
     }
 
 
