@@ -54,6 +54,13 @@ __all__ = [
     "commit_all",
     "new_commits",
     "diff_against_base",
+    "CommitNotOnBranch",
+    "ChangedFile",
+    "branch_range",
+    "checkpoint_range",
+    "changed_files",
+    "diff_between",
+    "diff_of_commit",
     "diffstat",
     "has_changes",
     "remove_worktree",
@@ -96,6 +103,10 @@ class BranchNotFound(GitError):
 
 class EmptyRepository(GitError):
     """The repository has no commit yet, so there is nothing to branch from."""
+
+
+class CommitNotOnBranch(GitError):
+    """A revision that is not one of a branch's own commits (or not a commit at all)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,28 @@ class Commit:
     subject: str
     author: str
     date: str
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """One file of a diff, as :func:`changed_files` lists it.
+
+    ``path``: the file's path after the change (before it, for a deleted file).
+    ``old_path``: its path before the change (``""`` for an added file; equal
+    to ``path`` unless it was renamed or copied). ``status``: ``"added"``,
+    ``"deleted"``, ``"modified"``, ``"renamed"``, ``"copied"`` or ``"type
+    changed"``. ``added`` and ``deleted``: lines (both 0 for a binary file).
+    ``binary``: git compares the file as binary (no lines to show).
+    ``similarity``: percent, for a rename or copy (else ``None``).
+    """
+
+    path: str
+    old_path: str
+    status: str
+    added: int
+    deleted: int
+    binary: bool
+    similarity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -856,6 +889,122 @@ def diff_against_base(repo_path: str, base_branch: str, branch: str) -> str:
         f"{base_ref}...refs/heads/{branch}",
         doing=f"compare '{branch}' with '{base_branch}'", read_only=True, strip=False,
     ).out
+
+
+# Options of every diff the review reads: the same output whatever the user's git config says
+# (external diff tools, textconv filters, prefixes, a "relative" default).
+_DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--no-relative", "-M")
+
+
+def branch_range(repo_path: str, base_branch: str, branch: str) -> tuple[str, str]:
+    """``(old, new)``: full shas of where ``branch`` left ``base_branch`` (their
+    merge-base) and of the branch's tip, so that later reads of one diff see
+    the same commits even while an agent adds more. Raises
+    :class:`BranchNotFound`, :class:`NotARepository`, :class:`GitError` (no
+    shared history)."""
+    repo = _abs(repo_path)
+    base_ref, _ = _base_ref(repo, base_branch)
+    tip = _commit_of(repo, f"refs/heads/{branch}") if branch else None
+    if tip is None:
+        raise BranchNotFound(f"Branch '{branch}' does not exist in {repo}.")
+    return _merge_base(repo, base_ref, tip, base_branch, branch), tip
+
+
+def _parent_or_empty_tree(repo: str, sha: str) -> str:
+    parent = _commit_of(repo, f"{sha}^1")
+    if parent:
+        return parent
+    # A root commit is compared with the empty tree, whose id depends on the repository's hash.
+    return _git(repo, "hash-object", "-t", "tree", "/dev/null", doing="name the empty tree", read_only=True).out.strip()
+
+
+def checkpoint_range(repo_path: str, base_branch: str, branch: str, commit: str) -> tuple[str, str]:
+    """``(old, new)`` for the diff of one of ``branch``'s own commits: its first
+    parent (the empty tree for a root commit) and its full sha. ``commit`` is
+    a full or abbreviated sha. A commit of the branch is one reachable from its
+    tip but not from where it left ``base_branch``. Raises
+    :class:`CommitNotOnBranch` for anything else (another branch's commit, a
+    base commit, garbage), :class:`BranchNotFound`, :class:`GitError`."""
+    repo = _abs(repo_path)
+    merge_base, tip = branch_range(repo, base_branch, branch)
+    sha = None
+    if commit and re.fullmatch(r"[0-9a-fA-F]{4,64}", commit):
+        sha = _commit_of(repo, commit)
+    if sha is None:
+        raise CommitNotOnBranch(f"'{commit[:80]}' is not a commit of the branch '{branch}'.")
+
+    def is_ancestor(a: str, b: str) -> bool:
+        return _git(repo, "merge-base", "--is-ancestor", a, b, check=False, read_only=True).status == 0
+
+    if not is_ancestor(sha, tip) or is_ancestor(sha, merge_base):
+        raise CommitNotOnBranch(f"Commit {sha[:12]} is not one of the commits of the branch '{branch}'.")
+    return _parent_or_empty_tree(repo, sha), sha
+
+
+def changed_files(repo_path: str, old: str, new: str) -> list[ChangedFile]:
+    """The files that differ between commits ``old`` and ``new`` (renames
+    detected), in git's order (by path), with their line counts: cheap even
+    for a huge diff, since no patch text is made (``git diff --raw --numstat
+    -z -M``). Raises :class:`GitError` when either is not a commit."""
+    repo = _abs(repo_path)
+    out = _git(
+        repo, "diff", *_DIFF_OPTIONS, "--raw", "--numstat", "-z", _check_commit(repo, old), _check_commit(repo, new),
+        doing="list the changed files", read_only=True, strip=False,
+    ).out
+    fields = out.split("\0")
+    raw: list[tuple[str, int | None, str, str]] = []  # (status letter, similarity, old path, new path)
+    i = 0
+    # First the --raw records (":modes shas STATUS", then one path, or two for a rename or copy) ...
+    while i < len(fields) and fields[i].startswith(":"):
+        letters = fields[i].split()[-1]
+        kind, score = letters[:1], letters[1:]
+        if kind in "RC":
+            raw.append((kind, int(score) if score.isdigit() else None, fields[i + 1], fields[i + 2]))
+            i += 3
+        else:
+            raw.append((kind, None, fields[i + 1], fields[i + 1]))
+            i += 2
+    # ... then as many --numstat records ("added<TAB>deleted<TAB>path", or with an empty path
+    # followed by the old and the new path), in the same order.
+    counts: list[tuple[str, str]] = []
+    while i < len(fields) and len(counts) < len(raw):
+        added, deleted, path = (fields[i].split("\t", 2) + ["", ""])[:3]
+        counts.append((added, deleted))
+        i += 1 if path else 3
+    names = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed", "C": "copied", "T": "type changed"}
+    files = []
+    for (kind, score, before, after), (added, deleted) in zip(raw, counts):
+        binary = added == "-"
+        files.append(ChangedFile(
+            path=after, old_path="" if kind == "A" else before, status=names.get(kind, "modified"),
+            added=0 if binary else int(added or 0), deleted=0 if binary else int(deleted or 0),
+            binary=binary, similarity=score,
+        ))
+    return files
+
+
+def diff_between(repo_path: str, old: str, new: str, paths: list[str] | None = None) -> str:
+    """Unified diff (``a/`` and ``b/`` prefixes, renames detected, binary files
+    named as ``Binary files … differ``) from commit ``old`` to commit ``new``,
+    only of ``paths`` when given (taken literally, no wildcards; give a renamed
+    file's old path as well as its new one, or it shows as added). Returns
+    ``""`` for no difference; undecodable bytes become U+FFFD. Raises
+    :class:`GitError` when either is not a commit."""
+    repo = _abs(repo_path)
+    return _git(
+        repo, "diff", *_DIFF_OPTIONS, "--src-prefix=a/", "--dst-prefix=b/",
+        _check_commit(repo, old), _check_commit(repo, new), "--", *(paths or []),
+        env={"GIT_LITERAL_PATHSPECS": "1"}, doing="read the diff", read_only=True, strip=False,
+    ).out
+
+
+def diff_of_commit(repo_path: str, sha: str, paths: list[str] | None = None) -> str:
+    """The diff a commit made: against its first parent (a merge commit
+    included), or the empty tree for a root commit; see :func:`diff_between`.
+    Raises :class:`GitError` when ``sha`` is not a commit."""
+    repo = _abs(repo_path)
+    commit = _check_commit(repo, sha)
+    return diff_between(repo, _parent_or_empty_tree(repo, commit), commit, paths)
 
 
 def diffstat(worktree_path: str, base_commit: str) -> str:
