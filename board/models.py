@@ -6,6 +6,7 @@ may know which"). Only the server moves a run or a card; the methods here are th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from django.conf import settings
@@ -337,6 +338,43 @@ class Card(models.Model):
         if self.column != Column.REVIEW:
             raise BoardError("Only a card in Review takes a follow-up.")
         return self.start(follow_up=text)
+
+    # Review comments. Whether a line is in the diff is the review module's to check (it reads
+    # git); these are their records and the one follow-up that sends them.
+
+    def add_comment(self, path: str, line: int, side: str, text: str, commit: str = "") -> DiffComment:
+        """Store the lead's comment on line ``line`` (from 1) of ``side`` ("old" or "new") of
+        ``path`` in the card's diff: the whole branch's when ``commit`` is "", else that
+        checkpoint's (full sha). The caller has checked the line is in that diff
+        (board.review.find_line). Raises BoardError for an empty text, a bad side or line, or a
+        card that is done."""
+        if not text.strip():
+            raise BoardError("Write a comment.")
+        if side not in DiffComment.Side.values or not isinstance(line, int) or line < 1 or not path:
+            raise BoardError("A comment needs a path, a line number from 1 and a side (old or new).")
+        if self.column == Column.DONE:
+            raise BoardError("This card is done; its diff takes no more comments.")
+        return DiffComment.objects.create(card=self, path=path, line=line, side=side, text=text.strip(), commit=commit)
+
+    @property
+    def comments_to_send(self):
+        """The lead's comments not sent to the agent yet, by path and line."""
+        return self.comments.filter(sent_run=None)
+
+    def send_comments(self, message: str = "", quotes: Mapping[int, str] | None = None) -> Run:
+        """Send every unsent comment back to the agent together, as ONE follow-up (``follow_up``)
+        whose text lists each comment with its path, line, side and the commented line's text
+        (``quotes``: {comment id: line text}, read from the diff by the caller; a comment missing
+        from it goes without), then ``message``, the lead's general word, if any. The comments are
+        marked sent with the new run. Raises BoardError when there is no comment to send, and as
+        ``follow_up`` (not in Review, already running)."""
+        with transaction.atomic():
+            comments = list(self.comments_to_send.order_by("commit", "path", "line", "id"))
+            if not comments:
+                raise BoardError("There are no comments to send: click a line number in the diff to comment on it.")
+            run = self.follow_up(DiffComment.prompt(comments, quotes or {}, message))
+            DiffComment.objects.filter(pk__in=[c.pk for c in comments], sent_run=None).update(sent_run=run)
+        return run
 
     def resume(self) -> Run:
         """Go on with a run that was interrupted, stopped or failed: a new run in the same worktree
@@ -876,6 +914,40 @@ class DiffComment(models.Model):
 
     def __str__(self):
         return f"{self.path}:{self.line} on card {self.card_id}"
+
+    @property
+    def where(self) -> str:
+        """Where the comment sits, for people and the agent: ``path:line (new side)``, with the
+        checkpoint's short sha when it was made on one checkpoint's diff."""
+        side = "new side" if self.side == self.Side.NEW else "old side, as it was before the change"
+        at = f", in checkpoint {self.commit[:10]}" if self.commit else ""
+        return f"{self.path}:{self.line} ({side}{at})"
+
+    def remove(self) -> None:
+        """Delete an unsent comment; raises BoardError for one sent already (the agent has it)."""
+        if self.sent_run_id is not None:
+            raise BoardError("This comment was sent to the agent already; it stays with that run.")
+        self.delete()
+
+    @staticmethod
+    def prompt(comments: list[DiffComment], quotes: Mapping[int, str], message: str = "") -> str:
+        """The follow-up text that carries ``comments`` to the agent: each numbered, with
+        ``where`` and the commented line's text from ``quotes`` ({comment id: text}, cut at 300
+        characters), then the lead's ``message`` if any."""
+        count = len(comments)
+        parts = [f"The lead reviewed your changes and left {count} comment{'s' if count != 1 else ''} on lines of "
+                 "the diff. Address each of them:"]
+        for number, comment in enumerate(comments, 1):
+            lines = [f"{number}. {comment.where}"]
+            quote = quotes.get(comment.pk)
+            if quote is not None:
+                quote = quote.strip()
+                lines.append(f"   Line: {quote[:300]}{'…' if len(quote) > 300 else ''}")
+            lines += [f"   {text}" for text in comment.text.strip().splitlines()]
+            parts.append("\n".join(lines))
+        if message.strip():
+            parts.append(f"The lead also says:\n{message.strip()}")
+        return "\n\n".join(parts)
 
 
 def _chunks(text: str, size: int) -> list[str]:
