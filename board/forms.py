@@ -8,7 +8,7 @@ import re
 from django import forms
 
 from agents import worktrees
-from board.models import Agent, Approvals, Card, Mode, Project, Run
+from board.models import Agent, Approvals, Card, LandMode, Mode, Project, Run
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
@@ -150,6 +150,18 @@ def clean_model(value: str) -> str:
     return value
 
 
+REMOTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
+
+
+def clean_remote(value: str) -> str:
+    """A git remote's name, such as origin: letters, digits, '.', '_', '-' and '/', not starting
+    with '-' (it would read as an option)."""
+    value = (value or "").strip()
+    if not REMOTE_NAME.match(value) or ".." in value or value.endswith((".", "/", ".lock")):
+        raise forms.ValidationError("Name a git remote of the repository, such as origin.")
+    return value
+
+
 PARALLEL_MESSAGE = "Give a whole number of runs, at least 1, or leave it empty for no limit but the number of workers."
 
 MODEL_HELP = "litellm model string: openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, ollama_chat/qwen2.5-coder, openai/<name> for any OpenAI-compatible server."
@@ -202,12 +214,15 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
             "name", "base_branch", "branch_prefix", "copy_files", "setup_command",
             "model", "api_base", "api_key_env", "context_window", "approvals", "check_command",
             "max_steps", "max_cost", "max_minutes", "max_parallel", "mcp_servers",
+            "land_mode", "delete_branch_on_land", "remote",
         ]
         labels = {
             "copy_files": "Files to copy", "setup_command": "Setup command", "api_base": "API base URL",
             "api_key_env": "API key environment variable", "context_window": "Context window (tokens)",
             "check_command": "Check command", "max_steps": "Step budget", "max_cost": "Cost budget (US $)",
             "max_minutes": "Time budget (minutes)", "max_parallel": "Parallel runs", "mcp_servers": "MCP servers",
+            "land_mode": "Landing mode", "delete_branch_on_land": "Delete the branch after landing",
+            "remote": "Remote for pull requests",
         }
         widgets = {
             "copy_files": forms.Textarea(attrs={"rows": 2}), "setup_command": forms.Textarea(attrs={"rows": 1}),
@@ -221,6 +236,19 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         if not name:
             raise forms.ValidationError("Give the project a name.")
         return name
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Posts that predate the landing settings leave them as they are.
+        self.fields["land_mode"].required = False
+        self.fields["remote"].required = False
+        self.fields["remote"].help_text += " Empty: origin."
+
+    def clean_land_mode(self):
+        return self.cleaned_data.get("land_mode") or self.instance.land_mode or LandMode.MERGE
+
+    def clean_remote(self):
+        return clean_remote(self.cleaned_data.get("remote", "") or "origin")
 
     def clean_max_parallel(self):
         value = self.cleaned_data.get("max_parallel")
@@ -271,9 +299,10 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
 
     class Meta:
         model = Card
-        fields = ["mode", "model", "api_base", "api_key_env", "approvals", "max_steps", "max_cost", "max_minutes"]
+        fields = ["mode", "model", "api_base", "api_key_env", "approvals", "max_steps", "max_cost", "max_minutes",
+                  "land_mode"]
         labels = {
-            "mode": "Mode", "model": "Model override", "api_base": "API base URL",
+            "mode": "Mode", "land_mode": "Landing mode", "model": "Model override", "api_base": "API base URL",
             "api_key_env": "API key environment variable", "approvals": "Approvals",
             "max_steps": "Step budget", "max_cost": "Cost budget (US $)", "max_minutes": "Time budget (minutes)",
         }
@@ -286,6 +315,8 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
         self.fields["approvals"].choices = [("", f"Project's ({project.get_approvals_display().lower()})"),
                                             *Approvals.choices]
         self.fields["model"].help_text = f"Empty: the project's ({project.model or 'none set'})."
+        self.fields["land_mode"].choices = [("", f"Project's ({project.get_land_mode_display().lower()})"),
+                                            *LandMode.choices]
 
     def clean(self):
         data = super().clean()
@@ -312,6 +343,15 @@ class DecisionForm(forms.Form):
     text = forms.CharField(required=False, max_length=PROMPT_LIMIT, strip=True)
     kind = forms.ChoiceField(choices=[("approval", "approval"), ("question", "question"), ("plan", "plan")],
                              required=False)
+
+
+class LandForm(forms.Form):
+    """How to land a card this time; empty: the card's landing mode, else the project's."""
+
+    mode = forms.ChoiceField(
+        choices=[("", "the card's"), *LandMode.choices], required=False,
+        error_messages={"invalid_choice": "Choose merge, squash or rebase as the landing mode."},
+    )
 
 
 class FollowUpForm(forms.Form):

@@ -13,18 +13,19 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
 
-from agents import runner, worktrees
+from agents import landing, runner, worktrees
 from board.forms import (
     AgentForm,
     CardForm,
     CardSettingsForm,
     DecisionForm,
     FollowUpForm,
+    LandForm,
     ModelTestForm,
     ProjectForm,
     ProjectSettingsForm,
 )
-from board.models import Agent, BoardError, Card, Column, Project, Run, RunState
+from board.models import Agent, BoardError, Card, Column, LandMode, Project, Run, RunState
 from board.templatetags.board_tags import diff_html
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
@@ -133,7 +134,7 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
     context = {
         "card": card, "run": run, "can_start": not card.is_running and card.column != Column.DONE,
         "can_resume": bool(run and run.state in ("interrupted", "stopped", "failed")),
-        "queue": queue_places([run]),
+        "queue": queue_places([run]), "land_modes": LandMode.choices,
     }
     if "log" in parts:
         events, earlier = run.log_tail(LOG_KINDS, None, LOG_TAIL, LOG_TAIL_CHARS) if run else ([], False)
@@ -285,6 +286,69 @@ def card_rollback(request, card_id):
     except (BoardError, worktrees.GitError) as exc:
         return _card_answer(request, card.pk, f"Not rolled back: {exc}")
     return _card_answer(request, card.pk, note=note)
+
+
+# Landing (agents/landing.py does the git work). The board's compact Land button posts with htmx
+# and gets the card partial (409 with the reason when refused); the card page's Land panel posts
+# plain forms and gets the page again with the reason in the panel (409), or a redirect.
+
+
+def _land_answer(request, card_id: int, error: str = "", note: str = "", status: int = 409):
+    if request.htmx or not error:
+        return _card_answer(request, card_id, error, note)
+    card = Card.objects.select_related("project", "agent", "current_run").get(pk=card_id)
+    context = {**card_context(card), "land_error": error}
+    return render(request, "board/card_detail.html", context, status=status)
+
+
+def _land_action(request, card_id: int, action, *args):
+    """``action(card, *args) -> note`` from agents.landing; a refusal (BoardError, or git's
+    reason) is answered with 409."""
+    card = get_object_or_404(Card, pk=card_id)
+    try:
+        note = action(card, *args)
+    except (BoardError, worktrees.GitError) as exc:
+        return _land_answer(request, card.pk, str(exc))
+    return _land_answer(request, card.pk, note=note)
+
+
+@require_POST
+def card_land(request, card_id):
+    get_object_or_404(Card, pk=card_id)
+    form = LandForm(request.POST)
+    if not form.is_valid():
+        return _land_answer(request, card_id, " ".join(form.errors.get("mode", [])), status=422)
+    return _land_action(request, card_id, landing.land_card, form.cleaned_data["mode"] or None)
+
+
+@require_POST
+def card_check_conflicts(request, card_id):
+    def check(card):
+        files = landing.check_conflicts(card)
+        base = card.project.base_branch
+        return f"Conflicts with {base} in {len(files)} file{'s' if len(files) != 1 else ''}." if files else f"No conflicts with {base}."
+
+    return _land_action(request, card_id, check)
+
+
+@require_POST
+def card_rebase(request, card_id):
+    return _land_action(request, card_id, landing.rebase_card)
+
+
+@require_POST
+def card_resolve(request, card_id):
+    """Ask the card's agent to resolve the conflicts found (a follow-up run)."""
+    def resolve(card):
+        card.resolve_conflicts()
+        return "Sent back to the agent to merge the base and resolve the conflicts."
+
+    return _land_action(request, card_id, resolve)
+
+
+@require_POST
+def card_push(request, card_id):
+    return _land_action(request, card_id, landing.push_card, request.POST.get("pr") == "1")
 
 
 def project_settings(request, project_id):

@@ -19,7 +19,7 @@ def workers_running() -> bool:
 class Command(BaseCommand):
     help = (
         "Manage cards: add, start/resume/follow-up [--wait], approve/deny/answer what a run waits for, stop, "
-        "delete, show --json. With --wait the card's JSON is printed when the run ends (exit 0 when it "
+        "delete, land [--mode], push [--pr], show --json. With --wait the card's JSON is printed when the run ends (exit 0 when it "
         "succeeded, 1 otherwise) or waits for you (exit 3)."
     )
 
@@ -54,6 +54,15 @@ class Command(BaseCommand):
         delete.add_argument(
             "--delete-branch", action="store_true", help="Delete its branch even when it has commits not on the base."
         )
+        land = sub.add_parser(
+            "land", help="Land a card in Review on its base branch; prints the card's JSON either way (exit 1 when refused)."
+        )
+        land.add_argument("id", type=int)
+        land.add_argument("--mode", choices=["merge", "squash", "rebase"], default=None,
+                          help="How to land it this time (default: the card's landing mode, else the project's).")
+        push = sub.add_parser("push", help="Push a card's branch to the project's remote; prints the card's JSON.")
+        push.add_argument("id", type=int)
+        push.add_argument("--pr", action="store_true", help="Then open a pull request with the GitHub CLI (gh).")
         show = sub.add_parser("show", help="Show a card.")
         show.add_argument("id", type=int)
         show.add_argument("--json", action="store_true", help="One JSON object on one line.")
@@ -163,6 +172,32 @@ class Command(BaseCommand):
         except (BoardError, worktrees.GitError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Card {options['id']} deleted. {note}")
+
+    def do_land(self, options):
+        from agents import landing
+
+        self._land_action(options["id"], lambda card: landing.land_card(card, options["mode"]))
+
+    def do_push(self, options):
+        from agents import landing
+
+        self._land_action(options["id"], lambda card: landing.push_card(card, options["pr"]))
+
+    def _land_action(self, card_id: int, action) -> None:
+        """Do ``action(card) -> note``; print the card's JSON on stdout whatever happened and the
+        note on stderr, or exit 1 with the reason."""
+        from agents import worktrees
+
+        card = self._card(card_id)
+        error = note = ""
+        try:
+            note = action(card)
+        except (BoardError, worktrees.GitError) as exc:
+            error = str(exc)
+        self.stdout.write(json.dumps(self._card(card_id).as_dict()))
+        if error:
+            raise CommandError(error)
+        self.stderr.write(note)
 
     def do_show(self, options):
         data = self._card(options["id"]).as_dict()

@@ -1,6 +1,7 @@
 import os
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import BooleanField
 from django.forms.models import model_to_dict
 
 from board.forms import ProjectForm, ProjectSettingsForm
@@ -9,6 +10,8 @@ from board.models import Project
 
 
 SETTINGS = ProjectSettingsForm._meta.fields
+# What a yes/no setting takes from the command line (a checkbox's form value is only on or off).
+YES_NO = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 class Command(BaseCommand):
@@ -56,6 +59,12 @@ class Command(BaseCommand):
             raise CommandError(f"No project with id {options['id']}.")
         data = {name: ("" if value is None else value) for name, value in model_to_dict(project, SETTINGS).items()}
         data.update({name: options[name] for name in SETTINGS if options.get(name) is not None})
+        for name in SETTINGS:
+            if isinstance(Project._meta.get_field(name), BooleanField) and options.get(name) is not None:
+                value = options[name].strip().lower()
+                if value not in YES_NO:
+                    raise CommandError(f"--{name.replace('_', '-')} takes true or false, not '{options[name]}'.")
+                data[name] = YES_NO[value]
         form = ProjectSettingsForm(data, instance=project)
         if not form.is_valid():
             raise form_errors(form)
