@@ -363,6 +363,43 @@ class FollowUpForm(forms.Form):
     )
 
 
+COMMENT_LIMIT = 10_000  # characters of one comment on a diff line
+
+
+class DiffCommentForm(forms.Form):
+    """The lead's comment on one line of a card's diff: ``path`` as the diff names it, ``line``
+    from 1 on ``side`` ("old" or "new"), ``commit`` (empty for the whole branch's diff, else the
+    checkpoint's sha) and the ``text``. Whether the line is in the diff is checked against git by
+    the view (board.review.find_line)."""
+
+    path = forms.CharField(max_length=4096, strip=False, error_messages={"required": "Which file? The path is missing."})
+    line = forms.IntegerField(min_value=1, max_value=100_000_000,
+                              error_messages={"required": "Which line? The line number is missing.",
+                                              "invalid": "The line number must be a whole number from 1."})
+    side = forms.ChoiceField(choices=[("old", "old"), ("new", "new")],
+                             error_messages={"required": "Which side? Old or new.",
+                                             "invalid_choice": "The side must be old or new."})
+    commit = forms.RegexField(regex=r"^[0-9a-fA-F]{4,64}$", required=False, max_length=64,
+                              error_messages={"invalid": "The commit must be a commit id (hexadecimal)."})
+    text = forms.CharField(max_length=COMMENT_LIMIT, widget=forms.Textarea(attrs={"rows": 3}),
+                           error_messages={"required": "Write a comment."})
+
+    def clean_commit(self) -> str:
+        return self.cleaned_data["commit"].lower()
+
+    def clean_path(self) -> str:
+        path = self.cleaned_data["path"]
+        if "\x00" in path:
+            raise forms.ValidationError("That path is not in the diff.")
+        return path
+
+
+class SendCommentsForm(forms.Form):
+    """Sending the card's comments back to its agent, with an optional general ``message``."""
+
+    message = forms.CharField(required=False, max_length=PROMPT_LIMIT, widget=forms.Textarea(attrs={"rows": 2}))
+
+
 class AgentForm(ModelFieldsMixin, forms.ModelForm):
     """Add an agent: a command line (``kind=command``) or the built-in loop on a litellm model
     (``kind=builtin``)."""

@@ -8,7 +8,7 @@ import os
 from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_POST
@@ -19,19 +19,22 @@ from board.forms import (
     CardForm,
     CardSettingsForm,
     DecisionForm,
+    DiffCommentForm,
     FollowUpForm,
     LandForm,
     ModelTestForm,
     ProjectForm,
     ProjectSettingsForm,
+    SendCommentsForm,
 )
+from board import review
 from board.models import Agent, BoardError, Card, Column, LandMode, Project, Run, RunState
-from board.templatetags.board_tags import diff_html
+from board.models import DiffComment
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens (or per "Load earlier"); the rest stays in the table
 LOG_TAIL_CHARS = 200_000  # and about this many characters of them at most
-DIFF_LIMIT = 400_000  # characters of diff rendered at once; longer diffs are cut with a note
+DIFF_VIEW_COOKIE = "diff_view"  # the lead's last choice of unified or side-by-side diffs
 
 
 def home(request):
@@ -105,31 +108,20 @@ def _commits(card: Card) -> list[worktrees.Commit]:
         return []
 
 
-def _diff_html(card: Card) -> tuple[str, str]:
-    """The branch's diff against its merge-base with the base branch, highlighted, and a note."""
-    if not card.branch:
-        return "", "No branch yet: start the card."
-    try:
-        text = worktrees.diff_against_base(card.project.repo_path, card.project.base_branch, card.branch)
-    except worktrees.GitError as exc:
-        return "", str(exc)
-    if not text:
-        return "", "No changes against the base branch yet."
-    note = ""
-    if len(text) > DIFF_LIMIT:
-        note = f"The diff is {len(text):,} characters; the first {DIFF_LIMIT:,} are shown."
-        text = text[:DIFF_LIMIT]
-    return diff_html(text), note
-
-
 # The card page's parts, as the partials of card_detail.html name them; "page" is what only the
 # full page shows (the runs table, the delete form).
 CARD_PARTS = ("header", "log", "commits", "diff", "page")
 
 
-def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
+def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS, diff: review.DiffQuery | None = None) -> dict:
     """What the card page needs for ``parts``, and only that: a push of the header, several times
-    a second while a run prints, must not read the log or run git."""
+    a second while a run prints, must not read the log or run git.
+
+    The "diff" part is page ``diff.page`` of the diff ``diff`` asks for (``review``, a
+    board.review.DiffPage: bounded whatever the diff's size). Without ``diff`` (a push, which
+    knows neither the page nor the view a browser shows) it is an empty panel that loads the
+    first page itself (``diff_lazy``), in the view that browser chose. Raises review.NotInDiff
+    for a checkpoint not on the branch or a page past the last."""
     run = card.current_run
     context = {
         "card": card, "run": run, "can_start": not card.is_running and card.column != Column.DONE,
@@ -142,7 +134,10 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
     if "commits" in parts:
         context["commits"] = _commits(card)
     if "diff" in parts:
-        context["diff_html"], context["diff_note"] = _diff_html(card)
+        if diff is None:
+            context["diff_lazy"] = True
+        else:
+            context["review"] = review.diff_page(card, diff)
     if "page" in parts:
         unlanded = 0
         if card.branch and os.path.isdir(card.project.repo_path):
@@ -152,7 +147,7 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS) -> dict:
                 unlanded = 0
         context.update(
             unlanded=unlanded, runs=card.runs.select_related("agent").order_by("-id"),
-            settings_form=CardSettingsForm(instance=card),
+            settings_form=CardSettingsForm(instance=card), comments_to_send=list(card.comments_to_send),
         )
     return context
 
@@ -172,8 +167,155 @@ def card_log(request, card_id):
 
 
 def card_detail(request, card_id):
+    """The card's page; ``?commit=<sha>``, ``?page=N`` and ``?view=unified|split`` choose the diff
+    shown (400 for garbage, 404 for a commit not on the card's branch)."""
     card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
-    return render(request, "board/card_detail.html", card_context(card))
+    try:
+        response = render(request, "board/card_detail.html", card_context(card, diff=_diff_query(request)))
+    except review.BadQuery as exc:
+        return HttpResponseBadRequest(str(exc))
+    except review.NotInDiff as exc:
+        raise Http404(str(exc)) from exc
+    return _remember_view(request, response)
+
+
+# --- Review: the diff, its pages and views, comments on its lines -----------------------------
+
+
+def _diff_query(request) -> review.DiffQuery:
+    """The diff a request asks for, in the view it names, else the one the lead chose last."""
+    return review.DiffQuery.parse(request.GET, request.COOKIES.get(DIFF_VIEW_COOKIE, "unified"))
+
+
+def _remember_view(request, response):
+    view = request.GET.get("view")
+    if view in review.VIEWS and request.COOKIES.get(DIFF_VIEW_COOKIE) != view:
+        response.set_cookie(DIFF_VIEW_COOKIE, view, max_age=365 * 24 * 3600, samesite="Lax")
+    return response
+
+
+def card_diff(request, card_id):
+    """The card's diff panel alone (htmx: a page, a checkpoint, the other view): 400 for garbage,
+    404 for a commit not on the branch or a page past the last."""
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    try:
+        context = card_context(card, ("diff",), diff=_diff_query(request))
+    except review.BadQuery as exc:
+        return HttpResponseBadRequest(str(exc))
+    except review.NotInDiff as exc:
+        raise Http404(str(exc)) from exc
+    return _remember_view(request, render(request, "board/_diff.html", context))
+
+
+def card_diff_raw(request, card_id):
+    """One file's whole diff as plain text (``?path=…&commit=…``): where a file cut on the page
+    is read whole. 400 without a path, 404 for a file or commit not in the card's diff."""
+    card = get_object_or_404(Card.objects.select_related("project"), pk=card_id)
+    path = request.GET.get("path", "")
+    try:
+        query = review.DiffQuery.parse({"commit": request.GET.get("commit", "")})
+        if not path:
+            raise review.BadQuery("path is missing: which file's diff?")
+        text = review.file_diff(card, query.commit, path)
+    except review.BadQuery as exc:
+        return HttpResponseBadRequest(str(exc))
+    except review.NotInDiff as exc:
+        raise Http404(str(exc)) from exc
+    except worktrees.GitError as exc:
+        return HttpResponse(str(exc), status=409, content_type="text/plain; charset=utf-8")
+    return HttpResponse(text, content_type="text/plain; charset=utf-8")
+
+
+def _comments_panel(request, card: Card, status: int = 200, error: str = "", note: str = "", extra: str = ""):
+    """The "Comments to send" panel re-rendered (with ``error`` or ``note``), then ``extra`` HTML
+    (out-of-band swaps)."""
+    context = {"card": card, "comments_to_send": list(card.comments_to_send), "error": error, "note": note}
+    return HttpResponse(render_to_string("board/_diff.html#comments-to-send", context, request) + extra, status=status)
+
+
+@require_POST
+def card_comment_add(request, card_id):
+    """A comment on one line of the card's diff (htmx, from the form under the line): answers the
+    comment in the form's place and the "Comments to send" panel out of band; 422 with the form
+    and the reason for an empty text or a line the diff does not show, 409 for a card that is done."""
+    card = get_object_or_404(Card.objects.select_related("project"), pk=card_id)
+    form = DiffCommentForm(request.POST)
+    view = request.POST.get("view") if request.POST.get("view") in review.VIEWS else "unified"
+    status, error = 422, ""
+    if not form.is_valid():
+        error = " ".join(e for errors in form.errors.values() for e in errors)
+    else:
+        data = form.cleaned_data
+        try:
+            commit = review.diff_range(card, data["commit"])[1] if data["commit"] else ""
+            review.find_line(card, commit, data["path"], data["side"], data["line"])
+            comment = card.add_comment(data["path"], data["line"], data["side"], data["text"], commit)
+        except (review.ReviewError, worktrees.GitError) as exc:
+            error = str(exc)
+        except BoardError as exc:
+            status, error = 409, str(exc)
+    if error and not request.htmx:
+        messages.error(request, f"The comment was not saved: {error}")
+    if not request.htmx:
+        return redirect("card_detail", card_id=card.pk)
+    if error:
+        context = {"card": card, "form": form, "error": error, "view": view}
+        return render(request, "board/_diff.html#comment-form", context, status=status)
+    row = render_to_string("board/_diff.html#comment-row", {"card": card, "comments": [comment], "view": view}, request)
+    panel = {"card": card, "comments_to_send": list(card.comments_to_send), "oob": True}
+    # In a <template>: after a table row, the HTML parser would take the panel's form apart.
+    return HttpResponse(f'{row}<template>{render_to_string("board/_diff.html#comments-to-send", panel, request)}</template>')
+
+
+@require_POST
+def card_comment_delete(request, card_id, comment_id):
+    """Delete an unsent comment: answers the "Comments to send" panel and takes the comment out of
+    the diff; 409 for a comment sent already."""
+    card = get_object_or_404(Card.objects.select_related("project"), pk=card_id)
+    comment = get_object_or_404(DiffComment, pk=comment_id, card=card)
+    try:
+        comment.remove()
+    except BoardError as exc:
+        if not request.htmx:
+            messages.error(request, str(exc))
+            return redirect("card_detail", card_id=card.pk)
+        return _comments_panel(request, card, 409, error=str(exc))
+    if not request.htmx:
+        return redirect("card_detail", card_id=card.pk)
+    return _comments_panel(request, card, extra=f'<div id="comment-{comment_id}" hx-swap-oob="delete"></div>')
+
+
+@require_POST
+def card_comments_send(request, card_id):
+    """Send the card's unsent comments back to its agent as one follow-up run, with the optional
+    general message; answers the emptied panel, the card's header and the comments taken out of
+    the diff. 409 with the reason when there is nothing to send, or the card is not in Review or is
+    running; 422 for a message too long."""
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    form = SendCommentsForm(request.POST)
+    status, error = 422, ""
+    if not form.is_valid():
+        error = " ".join(e for errors in form.errors.values() for e in errors)
+    else:
+        try:
+            # The lines are quoted here: the domain reads no git.
+            run = card.send_comments(form.cleaned_data["message"], review.quote_lines(card, card.comments_to_send))
+        except BoardError as exc:
+            status, error = 409, str(exc)
+    if error:
+        if not request.htmx:
+            messages.error(request, error)
+            return redirect("card_detail", card_id=card.pk)
+        return _comments_panel(request, card, status, error=error)
+    sent = list(run.comments.values_list("pk", flat=True))
+    note = f"Sent {len(sent)} comment{'s' if len(sent) != 1 else ''} to the agent as one follow-up: run {run.pk}."
+    if not request.htmx:
+        messages.success(request, note)
+        return redirect("card_detail", card_id=card.pk)
+    card = Card.objects.select_related("project", "agent", "current_run").get(pk=card.pk)
+    header = render_to_string("board/card_detail.html#header", {**card_context(card, ("header",)), "oob": True}, request)
+    gone = "".join(f'<div id="comment-{pk}" hx-swap-oob="delete"></div>' for pk in sent)
+    return _comments_panel(request, card, note=note, extra=header + gone)
 
 
 def _card_action(request, card_id: int, action: str, *args):
