@@ -481,8 +481,9 @@ def interrupt_orphans(is_alive, reason: str) -> int:
         try:
             if card.worktree_path and os.path.isdir(card.worktree_path):
                 message = f"Recovery checkpoint: run {run.pk} of card #{card.pk} was interrupted"
-                if _checkpoint(run, card.worktree_path, message):
-                    Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
+                _checkpoint(run, card.worktree_path, message)
+                # Its earlier checkpoints too: the run never got to record them itself.
+                Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
         except worktrees.GitError as exc:
             run.emit("log", f"Could not commit the interrupted run's work, which stays in the worktree: {exc}")
     return len(runs)

@@ -148,10 +148,12 @@ class CardConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None):
         """The page's resume point; anything else is ignored."""
+        if not text_data or len(text_data) > 1000:  # a resume point is a few dozen characters
+            return
         try:
-            point = json.loads(text_data or "")["resume"]
+            point = json.loads(text_data)["resume"]
             run_id, seq = int(point["run"]), int(point["seq"])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):  # junk: ignored
             return
         if self.synced:  # already sent the page what it needs
             return
@@ -207,6 +209,8 @@ class CardConsumer(AsyncWebsocketConsumer):
             ended = any(e["kind"] == "state" and e["text"] not in ("queued", "running") for e in events)
             if "checkpoint" in kinds or ended:
                 parts += ["commits", "diff"]
+            if "state" in kinds:
+                parts.append("runs")
             html += self._render_sync(parts)
         return html
 

@@ -163,6 +163,7 @@ def clean_remote(value: str) -> str:
 
 
 PARALLEL_MESSAGE = "Give a whole number of runs, at least 1, or leave it empty for no limit but the number of workers."
+PARALLEL_MAX = 1000  # far past any machine's workers; a bigger number is a typo
 
 MODEL_HELP = "litellm model string: openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, ollama_chat/qwen2.5-coder, openai/<name> for any OpenAI-compatible server."
 
@@ -229,7 +230,8 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
             "check_command": forms.Textarea(attrs={"rows": 1}), "mcp_servers": forms.Textarea(attrs={"rows": 3}),
         }
         help_texts = {"model": MODEL_HELP}
-        error_messages = {"max_parallel": {"invalid": PARALLEL_MESSAGE, "min_value": PARALLEL_MESSAGE}}
+        error_messages = {"max_parallel": {"invalid": PARALLEL_MESSAGE, "min_value": PARALLEL_MESSAGE,
+                                           "max_value": f"At most {PARALLEL_MAX} parallel runs, or leave it empty for no limit."}}
 
     def clean_name(self):
         name = printable(self.cleaned_data["name"])
@@ -254,6 +256,8 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         value = self.cleaned_data.get("max_parallel")
         if value is not None and value < 1:
             raise forms.ValidationError(PARALLEL_MESSAGE)
+        if value is not None and value > PARALLEL_MAX:
+            raise forms.ValidationError(f"At most {PARALLEL_MAX} parallel runs, or leave it empty for no limit.")
         return value
 
     def save(self, commit: bool = True) -> Project:

@@ -34,6 +34,7 @@ from board.models import DiffComment
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens (or per "Load earlier"); the rest stays in the table
 LOG_TAIL_CHARS = 200_000  # and about this many characters of them at most
+RUNS_SHOWN = 50  # latest runs listed on a card page
 DIFF_VIEW_COOKIE = "diff_view"  # the lead's last choice of unified or side-by-side diffs
 
 
@@ -138,6 +139,8 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS, diff: review.D
             context["diff_lazy"] = True
         else:
             context["review"] = review.diff_page(card, diff)
+    if "runs" in parts or "page" in parts:
+        context["runs"] = list(card.runs.select_related("agent").order_by("-id")[:RUNS_SHOWN])
     if "page" in parts:
         unlanded = 0
         if card.branch and os.path.isdir(card.project.repo_path):
@@ -146,7 +149,7 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS, diff: review.D
             except worktrees.GitError:
                 unlanded = 0
         context.update(
-            unlanded=unlanded, runs=card.runs.select_related("agent").order_by("-id"),
+            unlanded=unlanded,
             settings_form=CardSettingsForm(instance=card), comments_to_send=list(card.comments_to_send),
         )
     return context

@@ -215,7 +215,22 @@ async def test_a_card_page_cut_off_while_its_run_finishes_gets_what_it_missed_on
     assert pushed.index("while away 1") < pushed.index("while away 2")
     assert "before the cut" not in pushed, "nothing the page already shows is sent again"
     assert 'data-state="succeeded"' in pushed and 'id="commits"' in pushed and 'id="diff"' in pushed
+    assert 'id="runs"' in pushed and "badge-succeeded" in pushed.split('id="runs"')[1], "the runs table too"
     await again.disconnect()
+
+
+async def test_junk_from_a_card_page_s_socket_is_ignored_and_the_socket_keeps_serving(make_card):
+    card = await database_sync_to_async(make_card)()
+    run = await database_sync_to_async(card.start)()
+    page = WebsocketCommunicator(application, f"/ws/cards/{card.pk}/", headers=HEADERS)
+    assert (await page.connect())[0]
+    for junk in ('{"resume": {"run": 1e999, "seq": 0}}', '{"resume": {"run": 1, "seq": 1e999}}',
+                 "[" * 100_000 + "]" * 100_000, '{"resume": null}', "x" * 5000, "null"):
+        await page.send_to(text_data=junk)
+    await resume(page, run.pk, 0)
+    pushed = await receive_until(page, 'id="card-header"')
+    assert 'data-state="queued"' in pushed
+    await page.disconnect()
 
 
 async def test_a_page_of_an_older_run_or_without_a_resume_point_gets_the_whole_log(make_card):

@@ -162,6 +162,18 @@ def test_an_orphaned_run_is_interrupted_its_processes_ended_and_its_work_committ
     assert len(run.commits) == 2
 
 
+def test_an_orphaned_run_with_nothing_uncommitted_still_lists_the_branch_s_commits(make_card, project):
+    card = make_card("echo first > first.txt")
+    start_and_run(card)
+    run = card.start()
+    Run.objects.filter(pk=run.pk).update(state=RunState.RUNNING, worker_host="h", worker_pid=1)
+    assert runner.interrupt_orphans(lambda host, pid: False, reason="its worker process died") == 1
+    run.refresh_from_db()
+    assert run.state == RunState.INTERRUPTED
+    branch = git(project.repo_path, "rev-list", "--reverse", f"main..{card.branch}").split()
+    assert run.commits == branch and len(branch) == 1, "what `card show --json` lists is the branch's work"
+
+
 # The built-in agent, through litellm's real HTTP path to a scripted local server.
 
 from tests.fake_llm import EDIT_THEN_FINISH, FakeLLM  # noqa: E402
