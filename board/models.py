@@ -103,6 +103,10 @@ class Project(models.Model):
     )
     max_minutes = models.PositiveIntegerField(null=True, blank=True, help_text="Working minutes per run.")
     land_mode = models.CharField(max_length=10, choices=LandMode.choices, default=LandMode.MERGE)
+    default_agent = models.ForeignKey(
+        "Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="The agent new cards of this project get unless another is chosen.",
+    )
     delete_branch_on_land = models.BooleanField(
         default=False, help_text="Delete a card's branch once it has landed (its commits are on the base branch)."
     )
@@ -210,6 +214,18 @@ class Card(models.Model):
     landed_commit = models.CharField(max_length=64, blank=True, help_text="The base branch's commit the landing made.")
     landed_at = models.DateTimeField(null=True, blank=True)
     pr_url = models.URLField(max_length=500, blank=True, help_text="The pull request opened for the card's branch.")
+    depends_on = models.ManyToManyField(
+        "self", symmetrical=False, related_name="dependents", blank=True,
+        help_text="Cards that must land before this one starts.",
+    )
+    start_when_ready = models.BooleanField(
+        default=False, help_text="Start by itself once every card it depends on has landed."
+    )
+    labels = models.JSONField(default=list, blank=True, help_text="Short labels for search and filters.")
+    variant_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="variants",
+        help_text="The card this one is a variant of: the same task on another agent or model, for comparison.",
+    )
     conflicts = models.JSONField(
         null=True, blank=True,
         help_text='The last trial merge with the base: {"base": sha, "files": [paths], "checked_at": iso time}.',
