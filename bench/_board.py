@@ -354,3 +354,27 @@ def open_live_page(browser, url: str, init_script: str | None = None, timeout_ms
     page.goto(url)
     page.wait_for_selector("#ws-status.ok", timeout=timeout_ms)
     return page
+
+
+def use_board_database(data_dir: Path) -> None:
+    """Set Django up in this process on the board's data folder (``config.settings``, embedded
+    mode), so that a benchmark can write rows as a worker does, or seed a board through the ORM."""
+    os.environ.pop("REDIS_URL", None)
+    os.environ.update(DJANGO_SETTINGS_MODULE="config.settings", BOARD_DATA_DIR=str(data_dir))
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import django
+
+    django.setup()
+
+
+# An init script for Chromium pages: records every long task (over 50 ms, the browser's own
+# threshold) in window.__longTasks as [startTime, duration] pairs (ms, performance.now() clock).
+LONG_TASK_OBSERVER = r"""
+window.__longTasks = [];
+try {
+  new PerformanceObserver(function (list) {
+    list.getEntries().forEach(function (e) { window.__longTasks.push([e.startTime, e.duration]); });
+  }).observe({type: "longtask", buffered: true});
+} catch (e) { window.__longTasks = null; }
+"""
