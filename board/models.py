@@ -295,12 +295,19 @@ class Card(models.Model):
         latest run in the same worktree and branch, and, for the built-in agent, in the same
         conversation. The task is enqueued only after the transaction commits, with the run's id,
         so a worker never sees a run that is not stored. Raises BoardError when the card is already
-        running, is done, has no enabled agent, or its built-in agent has no model."""
+        running, is done, has no enabled agent, or its built-in agent has no model, and when a card it
+        waits for (``depends_on``) is not done yet."""
         follow_up = follow_up.strip()
 
         def new_run(card: Card) -> tuple[dict, dict]:
             if follow_up and card.current_run_id is None:
                 raise BoardError("Start the card first; a follow-up goes on from a run.")
+            waiting = card.waiting_for
+            if waiting and not follow_up:
+                names = ", ".join(f"#{c.pk}" for c in waiting)
+                then = ("; it will start by itself when they have landed." if card.start_when_ready
+                        else ", or mark them done.")
+                raise BoardError(f"This card waits for {names}: they must land first{then}")
             fields = {"prompt": follow_up, "mode": Mode.ACT if follow_up else card.mode,
                       "previous": card.current_run if follow_up else None}
             return fields, {}
@@ -345,6 +352,129 @@ class Card(models.Model):
         self.position = (first or 0) - 1
         self.save(update_fields=["column", "position", "updated_at"])
         Event.record(self, self.current_run, "card", "moved", {"from": old, "to": column})
+
+    # Moving cards by hand (drag and drop) and dependencies between cards. Only these methods and
+    # the ones above move a card: the board asks, the rules here answer.
+
+    def reorder(self, ids: list[int]) -> None:
+        """Order the cards of this card's column as ``ids`` says (card ids, top first), in one
+        transaction, and tell open boards (an Event "card" with ``{"from": column, "to": column,
+        "reordered": column}``). Ids not in the column are ignored; cards of the column that
+        ``ids`` leaves out keep their order after the named ones. Raises nothing for junk ids:
+        the server's order is the truth, and a stale browser's list is only a wish."""
+        with transaction.atomic():
+            cards = list(Card.objects.select_for_update().filter(project_id=self.project_id, column=self.column))
+            by_id = {card.pk: card for card in cards}
+            named = [by_id.pop(pk) for pk in dict.fromkeys(ids) if pk in by_id]
+            ordered = named + sorted(by_id.values(), key=lambda c: (c.position, c.pk))
+            changed = []
+            for position, card in enumerate(ordered):
+                if card.position != position:
+                    card.position = position
+                    changed.append(card)
+            Card.objects.bulk_update(changed, ["position"])
+            Event.record(self, None, "card", "reordered", {"from": self.column, "to": self.column, "reordered": self.column})
+
+    def move_by_hand(self, column: str) -> None:
+        """The lead dropped the card on ``column`` (a Column value): apply the board's rules. To In
+        Progress starts it (``start``); back to Backlog only when nothing runs and it is not done;
+        Review only by a run that succeeded and Done only by landing or ``mark_done``, so both are
+        refused here. The same column is no move. Raises BoardError with the reason, or as
+        ``start``; ValueError for a column that does not exist."""
+        if column not in Column.values:
+            raise ValueError(f"'{column}' is not a column; use one of {', '.join(Column.values)}.")
+        if column == self.column:
+            return
+        if column == Column.IN_PROGRESS:
+            self.start()
+        elif column == Column.BACKLOG:
+            with transaction.atomic():
+                card = Card.objects.select_for_update().get(pk=self.pk)
+                if card.column == Column.DONE:
+                    raise BoardError("This card is done; create a new card for more work.")
+                if card.runs.filter(state__in=ACTIVE_STATES).exists():
+                    raise BoardError("This card is running: stop it before moving it back to the Backlog.")
+                card.move_to(Column.BACKLOG)
+            self.refresh_from_db()
+        elif column == Column.REVIEW:
+            raise BoardError("A card reaches Review only when a run of its agent succeeds; start it instead.")
+        else:
+            raise BoardError("A card reaches Done only by landing it (Land, from Review) or by Mark done.")
+
+    def mark_done(self) -> None:
+        """Put the card in Done without landing it: for work that is not to be landed (a question
+        answered, a branch kept aside). Cards waiting for it may then start by themselves
+        (``start_ready_dependents``, after the commit). Raises BoardError while a run is active or
+        when the card is done already."""
+        with transaction.atomic():
+            card = Card.objects.select_for_update().get(pk=self.pk)
+            if card.column == Column.DONE:
+                raise BoardError("This card is done already.")
+            if card.runs.filter(state__in=ACTIVE_STATES).exists():
+                raise BoardError("This card is running: stop it or let it end before marking it done.")
+            card.move_to(Column.DONE)
+            Event.record(card, None, "card", "marked done", {})
+            transaction.on_commit(card.start_ready_dependents)
+        self.refresh_from_db()
+
+    @property
+    def waiting_for(self) -> list[Card]:
+        """The cards this one depends on that are not done yet (landed or marked done), by id."""
+        return [card for card in self.depends_on.all() if card.column != Column.DONE]
+
+    def check_dependencies(self, cards) -> None:
+        """Refuse (BoardError) to make this card wait for ``cards`` (Cards) when one is the card
+        itself, belongs to another project, or already waits, directly or not, for this card (a
+        cycle: neither would ever start)."""
+        cards = list(cards)
+        for other in cards:
+            if other.pk == self.pk:
+                raise BoardError("A card cannot wait for itself.")
+            if other.project_id != self.project_id:
+                raise BoardError(f"Card #{other.pk} is in another project; a card waits only for cards of its own project.")
+        # Walk what the new dependencies wait for, one level a query; reaching this card is a cycle.
+        seen, frontier = set(), {c.pk for c in cards}
+        while frontier:
+            if self.pk in frontier:
+                raise BoardError(
+                    f"That would make a cycle: card #{self.pk} would wait, through others, for itself. "
+                    "Remove one of the waits first."
+                )
+            seen |= frontier
+            frontier = set(
+                Card.depends_on.through.objects.filter(from_card_id__in=frontier).values_list("to_card_id", flat=True)
+            ) - seen
+
+    def set_dependencies(self, cards, start_when_ready: bool) -> None:
+        """Make this card wait for ``cards`` (Cards of its project; an empty list: for none) and,
+        with ``start_when_ready``, start by itself once they are all done. Raises BoardError as
+        ``check_dependencies``. If they are all done already and it should start by itself, it is
+        started after the commit (when it may start)."""
+        cards = list(cards)
+        self.check_dependencies(cards)
+        with transaction.atomic():
+            self.depends_on.set(cards)
+            self.start_when_ready = bool(start_when_ready)
+            self.save(update_fields=["start_when_ready", "updated_at"])
+            Event.record(self, None, "card", "dependencies set", {"waits_for": sorted(c.pk for c in cards)})
+
+    def start_ready_dependents(self) -> list[Card]:
+        """Start every card waiting for this one that asked to start by itself and waits for
+        nothing else now (all its dependencies done), and is idle outside Done. Returns the cards
+        started; a card that may not start (no agent, no model…) is left where it is, the reason
+        recorded as an event on it rather than raised: the landing that called this has happened."""
+        started = []
+        candidates = self.dependents.filter(start_when_ready=True).exclude(column=Column.DONE)
+        for card in candidates.select_related("agent", "project"):
+            if card.waiting_for or card.runs.filter(state__in=ACTIVE_STATES).exists():
+                continue
+            try:
+                card.start()
+            except BoardError as exc:
+                Event.record(card, None, "card", f"could not start by itself: {exc}", {})
+                continue
+            started.append(card)
+        return started
 
     def follow_up(self, text: str) -> Run:
         """Send the card back to its agent with the lead's ``text`` (see ``start``). Raises
@@ -454,12 +584,15 @@ class Card(models.Model):
 
     def record_landing(self, sha: str, mode: str, note: str = "") -> None:
         """The card's branch has landed as commit ``sha`` (LandMode ``mode``): remember it, move the
-        card to Done and tell open boards and card pages."""
+        card to Done and tell open boards and card pages; once that commits, cards waiting for it
+        start if they asked to (``start_ready_dependents``)."""
         with transaction.atomic():
             self.landed_commit, self.landed_at, self.conflicts = sha, timezone.now(), None
             self.save(update_fields=["landed_commit", "landed_at", "conflicts", "updated_at"])
             self.move_to(Column.DONE)
             Event.record(self, None, "card", note or f"landed as {sha[:10]}", {"landed": sha, "mode": mode})
+            # Cards waiting for this one may start now; only once the landing is stored for good.
+            transaction.on_commit(self.start_ready_dependents)
 
     def record_conflicts(self, base: str, files: list[str]) -> None:
         """The result of a trial merge with the base at commit ``base``: the conflicting ``files``

@@ -65,7 +65,7 @@ def queue_places(runs) -> dict:
 def board_context(project: Project, oob: bool = False) -> dict:
     """What the board template needs: the project, its cards in the four columns, in order, and
     the queued ones' places in line (``queue``)."""
-    cards = list(project.cards.select_related("agent", "current_run"))
+    cards = list(project.cards.select_related("agent", "current_run").prefetch_related("depends_on"))
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
         for value, label in Column.choices
@@ -588,3 +588,63 @@ def agent_toggle(request, agent_id):
         messages.error(request, str(exc))
     return redirect("agents")
 
+
+
+# --- Moving cards by hand (drag and drop, static/board/dnd.js) and marking them done -----------
+# The browser asks; Card.move_by_hand and Card.reorder decide. Every answer re-renders the lists
+# of the columns involved as the server has them, so a refused drop puts the card back.
+
+DROP_IDS_MAX = 5000  # ids a drop may list: a column's worth, and a bound on junk
+
+
+def _parse_ids(text: str) -> list[int] | None:
+    """``"3,5,8"`` as [3, 5, 8]; None for anything else (junk, or more than DROP_IDS_MAX ids)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > DROP_IDS_MAX or not all(p.isdigit() and len(p) < 19 for p in parts):
+        return None
+    return [int(p) for p in parts]
+
+
+def _column_lists(request, card: Card, columns, error: str = "", status: int = 200):
+    """The lists of ``columns`` (Column values) as the server has them, out of band, then the card
+    itself with ``error`` shown on it (so the reason shows where the lead dropped it)."""
+    context = board_context(card.project, oob=True)
+    html = "".join(
+        render_to_string("board/board.html#column-list", {**context, "column": column}, request)
+        for column in context["columns"] if column["value"] in columns
+    )
+    if error:
+        fresh = Card.objects.select_related("agent", "current_run").prefetch_related("depends_on").get(pk=card.pk)
+        card_ctx = {"card": fresh, "error": error, "oob": True, "queue": queue_places([fresh.current_run])}
+        html += render_to_string("board/board.html#card", card_ctx, request)
+    return HttpResponse(html, status=status)
+
+
+@require_POST
+def card_drop(request, card_id):
+    """The lead dropped the card on ``column`` (POST), where the column's cards read ``order``
+    (their ids, top first, comma-separated; optional). Answers the lists of the card's old and new
+    column as the server has them: 200 when moved (In Progress starts the card), 409 with the
+    reason on the card when the rules refuse (Review, Done, a running card to the Backlog, a card
+    that waits for others), 400 for a column or order that is junk, 404 for no such card."""
+    card = get_object_or_404(Card.objects.select_related("project"), pk=card_id)
+    column = request.POST.get("column", "")
+    ids = _parse_ids(request.POST.get("order", ""))
+    if column not in Column.values or ids is None:
+        return HttpResponseBadRequest(f"column must be one of {', '.join(Column.values)} and order a list of card ids.")
+    old = card.column
+    try:
+        card.move_by_hand(column)
+    except BoardError as exc:
+        return _column_lists(request, card, {old, column}, error=str(exc), status=409)
+    card.refresh_from_db()
+    if ids and card.column == column:
+        card.reorder(ids)
+    return _column_lists(request, card, {old, column})
+
+
+@require_POST
+def card_mark_done(request, card_id):
+    """Put the card in Done without landing it (Card.mark_done): the card re-rendered for htmx
+    (409 with the reason while it runs or when done), else back to its page."""
+    return _card_action(request, card_id, "mark_done")

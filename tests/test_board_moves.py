@@ -1,0 +1,146 @@
+"""Moving cards by hand (drag and drop): the server's rules decide each drop, the order within a
+column is kept, and junk is refused with 400/404, never a 500."""
+
+import pytest
+from django.test import Client
+
+from agents import runner
+from board.models import Card, Column, Event, RunState
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client():
+    return Client(HTTP_HOST="127.0.0.1", raise_request_exception=True)
+
+
+def drop(client, card, column, order=""):
+    return client.post(f"/cards/{card.pk}/drop", {"column": column, "order": order}, HTTP_HX_REQUEST="true")
+
+
+def backlog_ids(project):
+    return list(project.cards.filter(column=Column.BACKLOG).order_by("position", "id").values_list("pk", flat=True))
+
+
+def test_a_drop_into_in_progress_starts_the_card(client, make_card):
+    card = make_card()
+    response = drop(client, card, "in_progress", str(card.pk))
+    card.refresh_from_db()
+    assert response.status_code == 200
+    assert card.column == Column.IN_PROGRESS and card.current_run.state == RunState.QUEUED
+    assert 'id="list-in_progress"' in response.content.decode() and f'id="card-{card.pk}"' in response.content.decode()
+
+
+def test_a_drop_into_in_progress_keeps_the_place_it_was_dropped_at(client, make_card, project):
+    first, second, third = make_card(title="one"), make_card(title="two"), make_card(title="three")
+    first.start()
+    second.start()
+    drop(client, third, "in_progress", f"{first.pk},{third.pk},{second.pk}")
+    order = list(project.cards.filter(column=Column.IN_PROGRESS).order_by("position", "id").values_list("pk", flat=True))
+    assert order == [first.pk, third.pk, second.pk]
+
+
+def test_a_drop_into_done_is_refused_with_the_reason_and_the_card_stays(client, make_card):
+    card = make_card()
+    response = drop(client, card, "done", str(card.pk))
+    card.refresh_from_db()
+    assert response.status_code == 409
+    assert card.column == Column.BACKLOG
+    html = response.content.decode()
+    assert "reaches Done only by landing" in html and 'id="list-backlog"' in html
+
+
+def test_a_drop_into_review_is_refused_for_a_card_whose_run_did_not_succeed(client, make_card):
+    card = make_card("exit 3")
+    runner.execute(card.start().pk)
+    card.refresh_from_db()
+    assert card.current_run.state == RunState.FAILED
+    response = drop(client, card, "review")
+    card.refresh_from_db()
+    assert response.status_code == 409 and "only when a run" in response.content.decode()
+    assert card.column == Column.IN_PROGRESS
+
+
+def test_a_running_card_does_not_go_back_to_the_backlog(client, make_card):
+    card = make_card()
+    card.start()
+    response = drop(client, card, "backlog")
+    card.refresh_from_db()
+    assert response.status_code == 409 and "stop it before" in response.content.decode()
+    assert card.column == Column.IN_PROGRESS
+
+
+def test_an_idle_card_goes_back_to_the_backlog_at_the_place_it_was_dropped(client, make_card, project):
+    card, other = make_card("exit 1"), make_card(title="other")
+    runner.execute(card.start().pk)
+    response = drop(client, card, "backlog", f"{other.pk},{card.pk}")
+    card.refresh_from_db()
+    assert response.status_code == 200 and card.column == Column.BACKLOG
+    assert backlog_ids(project) == [other.pk, card.pk]
+
+
+def test_a_done_card_does_not_leave_done_by_a_drop(client, make_card):
+    card = make_card()
+    card.mark_done()
+    for column in ("backlog", "in_progress", "review"):
+        assert drop(client, card, column).status_code == 409
+    card.refresh_from_db()
+    assert card.column == Column.DONE
+
+
+def test_reordering_the_backlog_is_kept_and_told_to_open_boards(client, make_card, project):
+    a, b, c = make_card(title="a"), make_card(title="b"), make_card(title="c")
+    response = drop(client, c, "backlog", f"{c.pk},{a.pk},{b.pk}")
+    assert response.status_code == 200
+    assert backlog_ids(project) == [c.pk, a.pk, b.pk]
+    event = Event.objects.filter(card_id=c.pk, kind="card").last()
+    assert event.data == {"from": "backlog", "to": "backlog", "reordered": "backlog"}
+    # The board page renders that order too.
+    html = client.get(f"/projects/{project.pk}/").content.decode()
+    assert html.index(f'id="card-{c.pk}"') < html.index(f'id="card-{a.pk}"') < html.index(f'id="card-{b.pk}"')
+
+
+def test_a_stale_order_keeps_cards_it_does_not_name_after_the_named_ones(client, make_card, project):
+    a, b, c = make_card(title="a"), make_card(title="b"), make_card(title="c")
+    drop(client, b, "backlog", f"{b.pk},999999,{a.pk}")
+    assert backlog_ids(project) == [b.pk, a.pk, c.pk]
+
+
+@pytest.mark.parametrize("data", [
+    {"column": "nowhere", "order": ""},
+    {"column": "", "order": ""},
+    {"column": "backlog", "order": "1,x,3"},
+    {"column": "backlog", "order": "99999999999999999999999"},
+    {"column": "backlog", "order": ",".join(["1"] * 6000)},
+    {"column": "backlog\x00", "order": "-1"},
+])
+def test_junk_columns_and_orders_are_400(client, make_card, data):
+    card = make_card()
+    response = client.post(f"/cards/{card.pk}/drop", data)
+    assert response.status_code == 400
+
+
+def test_a_drop_of_a_card_that_does_not_exist_is_404_and_a_get_is_405(client, make_card):
+    card = make_card()
+    assert client.post("/cards/999999/drop", {"column": "backlog"}).status_code == 404
+    assert client.get(f"/cards/{card.pk}/drop").status_code == 405
+
+
+def test_mark_done_puts_an_idle_card_in_done_and_refuses_while_it_runs(client, make_card):
+    running, idle = make_card(title="running"), make_card(title="idle")
+    running.start()
+    refused = client.post(f"/cards/{running.pk}/mark-done", HTTP_HX_REQUEST="true")
+    assert refused.status_code == 409 and "running" in refused.content.decode()
+    done = client.post(f"/cards/{idle.pk}/mark-done", HTTP_HX_REQUEST="true")
+    idle.refresh_from_db()
+    running.refresh_from_db()
+    assert done.status_code == 200 and idle.column == Column.DONE and not idle.landed_commit
+    assert running.column == Column.IN_PROGRESS
+    assert client.post(f"/cards/{idle.pk}/mark-done", HTTP_HX_REQUEST="true").status_code == 409
+
+
+def test_the_board_offers_mark_done_on_idle_cards(client, make_card, project):
+    card = make_card()
+    html = client.get(f"/projects/{project.pk}/").content.decode()
+    assert f"/cards/{card.pk}/mark-done" in html and "Sortable.min.js" in html and "dnd.js" in html
