@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from board import relay
-from board.models import Card, Project, RunState
+from board.models import Card, Column, Project, RunState
 from board.views import LOG_KINDS, board_context, card_context, queue_places
 
 # Event kinds that change what a card shows on the board or in its detail.
@@ -57,12 +57,17 @@ class BoardConsumer(AsyncWebsocketConsumer):
         return render_to_string("board/board.html#columns", board_context(project, oob=True))
 
     @database_sync_to_async
-    def _render_card(self, card_id: int, moved: bool = False, created: bool = False) -> str:
+    def _render_card(self, card_id: int, moved: bool = False, created: bool = False, lists=()) -> str:
         card = Card.objects.select_related("agent", "current_run").filter(pk=card_id).first()
         if card is None or card.project_id != self.project_id:  # deleted
             return f'<div id="card-{card_id}" hx-swap-oob="delete"></div>'
         context = {"card": card, "moved": moved, "created": created, "queue": queue_places([card.current_run])}
-        return render_to_string("board/board.html#card-push", context)
+        html = render_to_string("board/board.html#card-push", context)
+        if lists:  # only the lists reordered, not the whole board
+            board = board_context(card.project, oob=True)
+            html += "".join(render_to_string("board/board.html#column-list", {**board, "column": column})
+                            for column in board["columns"] if column["value"] in lists)
+        return html
 
     @database_sync_to_async
     def _queued_cards(self) -> list[int]:
@@ -77,6 +82,10 @@ class BoardConsumer(AsyncWebsocketConsumer):
         flags = self.moves.setdefault(message["card_id"], {"moved": False, "created": False})
         flags["created"] |= any(m.get("from") is None for m in moves)
         flags["moved"] |= any(m.get("from") != m.get("to") for m in moves)
+        # A column put in a new order by hand (Card.reorder): its list is pushed whole, after the card.
+        reordered = {m["reordered"] for m in moves if m.get("reordered") in Column.values}
+        if reordered:
+            flags["lists"] = sorted(set(flags.get("lists", ())) | reordered)
         await self._push(message["card_id"])
 
     async def board_queue(self, message):

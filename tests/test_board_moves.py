@@ -144,3 +144,25 @@ def test_the_board_offers_mark_done_on_idle_cards(client, make_card, project):
     card = make_card()
     html = client.get(f"/projects/{project.pk}/").content.decode()
     assert f"/cards/{card.pk}/mark-done" in html and "Sortable.min.js" in html and "dnd.js" in html
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_reorder_reaches_other_open_boards_as_the_column_s_list_only(make_card, project):
+    import asyncio
+
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+    from tests.test_consumers import HEADERS, other_process, receive_until
+
+    a = await database_sync_to_async(make_card)(title="a")
+    b = await database_sync_to_async(make_card)(title="b")
+    communicator = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/", headers=HEADERS)
+    assert (await communicator.connect())[0]
+    await communicator.receive_from(timeout=5)  # the whole board, on connect
+    await asyncio.to_thread(other_process, f"from board.models import Card\nCard.objects.get(pk={b.pk}).reorder([{b.pk}, {a.pk}])")
+    pushed = await receive_until(communicator, 'id="list-backlog"')
+    assert 'id="columns"' not in pushed and 'id="list-done"' not in pushed, "only the reordered list"
+    assert pushed.index(f'id="card-{b.pk}"', pushed.index('id="list-backlog"')) < pushed.rindex(f'id="card-{a.pk}"')
+    await communicator.disconnect()
