@@ -6,9 +6,10 @@ import os
 import re
 
 from django import forms
+from django.db import models
 
 from agents import worktrees
-from board.models import Agent, Approvals, Card, LandMode, Mode, Project, Run
+from board.models import Agent, Approvals, BoardError, Card, Column, LandMode, Mode, Project, Run
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
@@ -299,7 +300,16 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         return text
 
 class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
-    """A card's own settings, each overriding the project's when set."""
+    """A card's own settings, each overriding the project's when set; and the cards it waits for
+    (Card.set_dependencies, which refuses a cycle or another project's card)."""
+
+    waits_for = forms.ModelMultipleChoiceField(
+        queryset=Card.objects.none(), required=False, label="Waits for",
+        help_text="Cards of this project that must land (or be marked done) before this one starts.",
+        error_messages={"invalid_choice": "Card %(value)s is not a card of this project.",
+                        "invalid_pk_value": "'%(pk)s' is not a card id."},
+    )
+    start_by_itself = forms.BooleanField(required=False, label="Start by itself when they have landed")
 
     class Meta:
         model = Card
@@ -321,6 +331,25 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
         self.fields["model"].help_text = f"Empty: the project's ({project.model or 'none set'})."
         self.fields["land_mode"].choices = [("", f"Project's ({project.get_land_mode_display().lower()})"),
                                             *LandMode.choices]
+        # Any card of the project but this one; a cycle is refused in clean_waits_for, by the domain.
+        # Done cards are offered only where already chosen: waiting for one is waiting for nothing.
+        current = list(self.instance.depends_on.values_list("pk", flat=True)) if self.instance.pk else []
+        self.fields["waits_for"].queryset = (
+            project.cards.exclude(pk=self.instance.pk).filter(~models.Q(column=Column.DONE) | models.Q(pk__in=current))
+            .order_by("id")
+        )
+        self.fields["waits_for"].label_from_instance = lambda card: f"#{card.pk} {card.title}"
+        if self.instance.pk and not self.is_bound:
+            self.initial["waits_for"] = current
+            self.initial["start_by_itself"] = self.instance.start_when_ready
+
+    def clean_waits_for(self):
+        cards = list(self.cleaned_data["waits_for"])
+        try:
+            self.instance.check_dependencies(cards)
+        except BoardError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return cards
 
     def clean(self):
         data = super().clean()
@@ -328,6 +357,13 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
             self.add_error("model", "Name the model too: the card's API base and key variable go with its own model.")
         _plan_needs_builtin(self, data.get("mode"), self.instance.agent)
         return data
+
+    def save(self, commit: bool = True) -> Card:
+        """Save the settings and, with ``commit``, the cards this one waits for."""
+        card = super().save(commit)
+        if commit:
+            card.set_dependencies(self.cleaned_data["waits_for"], self.cleaned_data["start_by_itself"])
+        return card
 
 
 class ModelTestForm(ModelFieldsMixin, forms.Form):

@@ -448,8 +448,7 @@ class Card(models.Model):
     def set_dependencies(self, cards, start_when_ready: bool) -> None:
         """Make this card wait for ``cards`` (Cards of its project; an empty list: for none) and,
         with ``start_when_ready``, start by itself once they are all done. Raises BoardError as
-        ``check_dependencies``. If they are all done already and it should start by itself, it is
-        started after the commit (when it may start)."""
+        ``check_dependencies``."""
         cards = list(cards)
         self.check_dependencies(cards)
         with transaction.atomic():

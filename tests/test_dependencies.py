@@ -1,0 +1,137 @@
+"""Cards that wait for others: cycles and other projects' cards refused, starting refused until
+every dependency is done, and a card that asked to start by itself started when the last one lands
+(a real landing on a throwaway repository) or is marked done."""
+
+import pytest
+from django.test import Client
+
+from agents import landing, runner
+from board.models import BoardError, Card, Column, Event, Project, RunState
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client():
+    return Client(HTTP_HOST="127.0.0.1", raise_request_exception=True)
+
+
+def in_review(card: Card) -> Card:
+    runner.execute(card.start().pk)
+    card.refresh_from_db()
+    assert card.column == Column.REVIEW, card.current_run.error
+    return card
+
+
+def test_a_card_waiting_for_another_that_waits_for_it_is_a_cycle_and_refused(make_card):
+    a, b, c = make_card(title="a"), make_card(title="b"), make_card(title="c")
+    a.set_dependencies([b], False)
+    b.set_dependencies([c], False)
+    with pytest.raises(BoardError, match="cycle"):
+        c.set_dependencies([a], False)
+    with pytest.raises(BoardError, match="itself"):
+        a.set_dependencies([a], False)
+    assert list(c.depends_on.all()) == []
+
+
+def test_a_card_of_another_project_is_refused_as_a_dependency(make_card, project, make_repo):
+    other_project = Project.objects.create(name="other", repo_path=str(make_repo("other")), base_branch="main")
+    mine = make_card()
+    foreign = Card.create(other_project, "Foreign", "", mine.agent)
+    with pytest.raises(BoardError, match="another project"):
+        mine.set_dependencies([foreign], False)
+
+
+def test_starting_a_card_whose_dependencies_have_not_landed_is_refused_with_the_reason(make_card):
+    first, second, waiting = make_card(title="first"), make_card(title="second"), make_card(title="waiting")
+    waiting.set_dependencies([first, second], False)
+    with pytest.raises(BoardError, match=f"waits for #{first.pk}, #{second.pk}"):
+        waiting.start()
+    waiting.set_dependencies([first, second], True)
+    with pytest.raises(BoardError, match="start by itself"):
+        waiting.start()
+    waiting.refresh_from_db()
+    assert waiting.column == Column.BACKLOG and waiting.current_run is None
+
+
+def test_a_drop_into_in_progress_of_a_waiting_card_is_409_with_what_it_waits_for(client, make_card):
+    first, waiting = make_card(title="first"), make_card(title="waiting")
+    waiting.set_dependencies([first], True)
+    response = client.post(f"/cards/{waiting.pk}/drop", {"column": "in_progress"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 409 and f"waits for #{first.pk}" in response.content.decode()
+
+
+def test_landing_the_last_dependency_starts_the_waiting_card_by_itself(make_card, django_capture_on_commit_callbacks):
+    first = make_card("echo one > one.txt", title="first")
+    second = make_card("echo two > two.txt", title="second")
+    waiting = make_card("echo three > three.txt", title="waiting")
+    manual = make_card(title="manual")
+    waiting.set_dependencies([first, second], True)
+    manual.set_dependencies([first, second], False)
+    in_review(first)
+    in_review(second)
+    with django_capture_on_commit_callbacks(execute=True):
+        landing.land_card(first)
+    waiting.refresh_from_db()
+    assert waiting.current_run is None, "one dependency is still to land"
+    with django_capture_on_commit_callbacks(execute=True):
+        landing.land_card(second)
+    waiting.refresh_from_db()
+    manual.refresh_from_db()
+    assert waiting.column == Column.IN_PROGRESS and waiting.current_run.state == RunState.QUEUED
+    assert manual.current_run is None and manual.column == Column.BACKLOG, "only cards that asked start by themselves"
+    assert manual.waiting_for == []
+    manual.start()  # and it may now start by hand
+
+
+def test_marking_the_dependency_done_starts_the_waiting_card(make_card, django_capture_on_commit_callbacks):
+    first, waiting = make_card(title="first"), make_card(title="waiting")
+    waiting.set_dependencies([first], True)
+    with django_capture_on_commit_callbacks(execute=True):
+        first.mark_done()
+    waiting.refresh_from_db()
+    assert waiting.column == Column.IN_PROGRESS
+
+
+def test_a_waiting_card_that_cannot_start_stays_and_says_why(make_card, django_capture_on_commit_callbacks):
+    first, waiting = make_card(title="first"), make_card(title="waiting")
+    waiting.agent.enabled = False
+    waiting.agent.save()
+    waiting.set_dependencies([first], True)
+    with django_capture_on_commit_callbacks(execute=True):
+        first.mark_done()
+    waiting.refresh_from_db()
+    assert waiting.column == Column.BACKLOG and waiting.current_run is None
+    assert Event.objects.filter(card_id=waiting.pk, text__startswith="could not start by itself").exists()
+
+
+def test_the_board_and_the_card_page_show_what_a_card_waits_for(client, make_card, project):
+    first, second, waiting = make_card(title="first"), make_card(title="second"), make_card(title="waiting")
+    waiting.set_dependencies([first, second], True)
+    board = client.get(f"/projects/{project.pk}/").content.decode()
+    card_html = board[board.index(f'id="card-{waiting.pk}"'):]
+    assert f"waits for <a href=\"/cards/{first.pk}/\">#{first.pk}</a>, <a href=\"/cards/{second.pk}/\">#{second.pk}</a>" in card_html
+    page = client.get(f"/cards/{waiting.pk}/").content.decode()
+    assert "Waits for" in page and f"#{first.pk} first" in page and "starts by itself" in page
+    first.mark_done()
+    board = client.get(f"/projects/{project.pk}/").content.decode()
+    card_html = board[board.index(f'id="card-{waiting.pk}"'):board.index("</article>", board.index(f'id="card-{waiting.pk}"'))]
+    assert f"#{first.pk}<" not in card_html and f"#{second.pk}" in card_html
+
+
+def test_card_settings_set_what_a_card_waits_for_and_refuse_a_cycle(client, make_card):
+    first, waiting = make_card(title="first"), make_card(title="waiting")
+    response = client.post(f"/cards/{waiting.pk}/settings", {"mode": "act", "waits_for": [first.pk], "start_by_itself": "on"})
+    assert response.status_code == 302
+    waiting.refresh_from_db()
+    assert list(waiting.depends_on.all()) == [first] and waiting.start_when_ready
+    refused = client.post(f"/cards/{first.pk}/settings", {"mode": "act", "waits_for": [waiting.pk]})
+    assert refused.status_code == 422 and "cycle" in refused.content.decode()
+    assert list(first.depends_on.all()) == []
+
+
+@pytest.mark.parametrize("junk", ["999999", "x", "-1", "1e9"])
+def test_card_settings_refuse_junk_in_waits_for_with_422(client, make_card, junk):
+    card = make_card()
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "waits_for": [junk]})
+    assert response.status_code == 422
