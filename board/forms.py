@@ -499,3 +499,58 @@ class CardForm(forms.Form):
         data = super().clean()
         _plan_needs_builtin(self, data.get("mode"), data.get("agent"))
         return data
+
+
+class VariantsForm(forms.Form):
+    """Start a card on several agents or models at once (issue 7): the enabled agents ticked (by
+    id) and, for the built-in agents ticked, litellm model strings, one a line. ``choices`` in
+    ``cleaned_data``: the ``(agent, model)`` pairs for Card.start_variants, a command agent with
+    model "", a built-in one once per model string (or once with "": the model the card would use)."""
+
+    MAX_MODELS = 8  # model strings at most (Card.MAX_VARIANTS caps the cards in all)
+
+    agents = forms.ModelMultipleChoiceField(
+        queryset=Agent.objects.filter(enabled=True), widget=forms.CheckboxSelectMultiple, required=False,
+        error_messages={"invalid_choice": "Choose enabled agents only; %(value)s is not one (see the Agents page).",
+                        "invalid_pk_value": "'%(pk)s' is not an agent id."},
+    )
+    models = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "openai/gpt-4o-mini\nollama_chat/qwen2.5-coder"}),
+        required=False, max_length=4000, label="Models for the built-in agent",
+        help_text="One litellm model string a line; each runs as its own card, on the endpoint the card uses.",
+    )
+
+    def clean_models(self):
+        lines = [line.strip() for line in self.cleaned_data["models"].splitlines() if line.strip()]
+        for line in lines:
+            if len(line) > 200 or printable(line) != line or " " in line:
+                raise forms.ValidationError(f"'{printable(line)[:80]}' is not a model string (one per line, no spaces).")
+        if len(lines) > self.MAX_MODELS:
+            raise forms.ValidationError(f"At most {self.MAX_MODELS} model strings at once.")
+        return list(dict.fromkeys(lines))
+
+    def clean(self):
+        data = super().clean()
+        agents, models = data.get("agents"), data.get("models")
+        if agents is None or models is None:
+            return data
+        if not agents:
+            raise forms.ValidationError("Tick at least two agents, or the built-in agent and two models.")
+        # In the order they were sent (the page lists them by name): the card itself takes the first.
+        sent = [str(value) for value in (self.data.getlist("agents") if hasattr(self.data, "getlist") else [])]
+        agents = sorted(agents, key=lambda agent: sent.index(str(agent.pk)) if str(agent.pk) in sent else len(sent))
+        builtins = [agent for agent in agents if agent.kind == Agent.Kind.BUILTIN]
+        if models and not builtins:
+            raise forms.ValidationError("Model strings are for the built-in agent: tick one, or clear the models.")
+        choices = []
+        for agent in agents:
+            if agent.kind == Agent.Kind.BUILTIN and models:
+                choices += [(agent, model) for model in models]
+            else:
+                choices.append((agent, ""))
+        if len(choices) < 2:
+            raise forms.ValidationError("Tick at least two agents, or the built-in agent and two models.")
+        if len(choices) > Card.MAX_VARIANTS:
+            raise forms.ValidationError(f"At most {Card.MAX_VARIANTS} agents or models at once; {len(choices)} were chosen.")
+        data["choices"] = choices
+        return data

@@ -545,6 +545,12 @@ class Card(models.Model):
         """Delete the card, its runs and their events, and tell open boards. The caller has
         stopped its agent and dealt with its worktree and branch first (agents.runner)."""
         with transaction.atomic():
+            if self.variant_of_id == self.pk:
+                # The original of a group goes: the next card by id leads the group on.
+                rest = Card.objects.filter(variant_of_id=self.pk).exclude(pk=self.pk)
+                heir = rest.order_by("id").values_list("pk", flat=True).first()
+                if heir is not None:
+                    rest.update(variant_of_id=heir)
             Event.record(self, None, "card", "deleted", {"from": self.column, "to": None})
             self.delete()
 
@@ -624,6 +630,123 @@ class Card(models.Model):
             f"change {base} itself."
         )
         return self.follow_up(text)
+
+    # Variants (issue 7, "Several models on one card"): the same task started on several agents or
+    # models at once, one ordinary card each (own branch, worktree and runs), compared side by side,
+    # one of them landed and the others cleaned up (agents/variants.py). The original of a group
+    # points to itself (variant_of = its own id): so any card knows from its own row, without a
+    # query, whether it is in a group and which card leads it, which the board needs for 1,000 cards.
+
+    MAX_VARIANTS = 8  # cards one "Start on several" may run at once, the original included
+
+    @property
+    def variant_root_id(self) -> int | None:
+        """The id of the original of this card's group (None for a card in no group)."""
+        return self.variant_of_id
+
+    @property
+    def variant_label(self) -> str:
+        """What tells this card apart in its group: the model for the built-in agent, else the
+        agent's name."""
+        if self.agent is not None and self.agent.kind == Agent.Kind.BUILTIN:
+            return self.model_settings()["model"] or self.agent.name
+        return self.agent.name if self.agent else "no agent"
+
+    def variant_group(self) -> list[Card]:
+        """The cards of this card's group: the original first, then its variants by id; ``[self]``
+        for a card in no group."""
+        if self.variant_of_id is None:
+            return [self]
+        cards = Card.objects.filter(variant_of_id=self.variant_of_id).select_related("project", "agent", "current_run")
+        return sorted(cards, key=lambda c: (c.pk != c.variant_of_id, c.pk))
+
+    def start_variants(self, choices: list[tuple[Agent, str]]) -> list[Run]:
+        """Start this Backlog card on several agents or models at once. ``choices``: ``(agent,
+        model)`` pairs, ``model`` a litellm model string for a built-in agent or "" for the model
+        the card would use anyway (duplicates count once). The card itself takes the first choice;
+        each other one becomes a new card (the title + " · <agent or model>", the same prompt and
+        settings, the same endpoint and key variable for a model string) in the same group
+        (``variant_of``), and all are started. All or nothing: one transaction. Returns the runs,
+        the card's first. Raises BoardError for fewer than two or more than MAX_VARIANTS choices,
+        a model string for a command agent, a disabled agent, a card that is not in the Backlog
+        (or is done), and as ``start`` for any of them (named in the message)."""
+        unique = list(dict.fromkeys((agent, (model or "").strip()) for agent, model in choices))
+        if len(unique) < 2:
+            raise BoardError("Choose at least two agents or models; one is started with Start.")
+        if len(unique) > self.MAX_VARIANTS:
+            raise BoardError(f"At most {self.MAX_VARIANTS} agents or models at once; {len(unique)} were chosen.")
+        for agent, model in unique:
+            if not agent.enabled:
+                raise BoardError(f"The agent '{agent.name}' is not enabled.")
+            if model and agent.kind != Agent.Kind.BUILTIN:
+                raise BoardError(f"'{agent.name}' runs a command: a model string is for the built-in agent only.")
+        with transaction.atomic():
+            card = Card.objects.select_for_update().select_related("project", "agent").get(pk=self.pk)
+            if card.column == Column.DONE:
+                raise BoardError("This card is done; create a new card for more work.")
+            if card.column != Column.BACKLOG or card.runs.filter(state__in=ACTIVE_STATES).exists():
+                raise BoardError(f"Only a card in the Backlog starts on several agents at once; this one is in "
+                                 f"{card.get_column_display()}.")
+            endpoint = card.model_settings()  # a model string is served where the card's model is
+            root_id = card.variant_of_id or card.pk
+            title = Card.objects.values_list("title", flat=True).get(pk=root_id) if card.variant_of_id else card.title
+            copied = ("mode", "prompt", "approvals", "max_steps", "max_cost", "max_minutes", "land_mode",
+                      "model", "api_base", "api_key_env", "labels")
+            group = []
+            for number, (agent, model) in enumerate(unique):
+                if number == 0:
+                    variant = card
+                else:
+                    variant = Card.create(card.project, title, card.prompt, agent, card.mode)
+                    for name in copied:
+                        setattr(variant, name, getattr(card, name))
+                variant.agent, variant.variant_of_id = agent, root_id
+                if model:
+                    variant.model = model
+                    variant.api_base, variant.api_key_env = endpoint["api_base"], endpoint["api_key_env"]
+                if number:
+                    variant.title = f"{title} · {variant.variant_label}"[:300]
+                variant.save()
+                group.append(variant)
+            runs = []
+            for variant in group:
+                try:
+                    runs.append(variant.start())
+                except BoardError as exc:
+                    raise BoardError(f"Not started on {variant.variant_label}: {exc}") from exc
+        self.refresh_from_db()
+        return runs
+
+    def check_can_choose(self) -> list[Card]:
+        """Refuse (BoardError) to land this card as the chosen one of its group now: a card in no
+        group or alone in it, another card of the group still running (it is stopped or waited
+        for first, never discarded by surprise) or landed already, and as ``check_can_land``.
+        Returns the other cards of the group, which the choice discards."""
+        group = self.variant_group()
+        others = [card for card in group if card.pk != self.pk]
+        if not others:
+            raise BoardError("This card has no variants to choose between: land it as usual.")
+        landed = [card for card in others if card.landed_commit]
+        if landed:
+            raise BoardError(f"Card #{landed[0].pk} of this group has landed already: the choice was made.")
+        running = [card for card in others if card.runs.filter(state__in=ACTIVE_STATES).exists()]
+        if running:
+            names = ", ".join(f"#{card.pk} ({card.variant_label})" for card in running)
+            raise BoardError(f"Still running: {names}. Stop {'them' if len(running) > 1 else 'it'} or wait for the "
+                             "end before choosing, so no work is thrown away by surprise.")
+        self.check_can_land()
+        return others
+
+    def record_choice(self, discarded: list[int]) -> None:
+        """This card was landed as the chosen one of its group; ``discarded``: the ids of the cards
+        removed. A card left alone leaves the group, so it no longer offers a comparison."""
+        with transaction.atomic():
+            if self.variant_of_id is not None and not Card.objects.filter(variant_of_id=self.variant_of_id).exclude(
+                    pk=self.pk).exists():
+                Card.objects.filter(pk=self.pk).update(variant_of=None)
+                self.variant_of_id = None
+            listed = ", ".join(f"#{pk}" for pk in discarded)
+            Event.record(self, None, "card", f"chosen over {listed}" if listed else "chosen", {"discarded": discarded})
 
     def as_dict(self) -> dict:
         """The card as ``card show --json`` prints it: id, state (of the latest run, or "idle"),

@@ -26,6 +26,10 @@ urlpatterns = [
     path("cards/<int:card_id>/rebase", views.card_rebase, name="card_rebase"),
     path("cards/<int:card_id>/resolve", views.card_resolve, name="card_resolve"),
     path("cards/<int:card_id>/push", views.card_push, name="card_push"),
+    # Variants (issue 7): one card on several agents or models, compared, one landed.
+    path("cards/<int:card_id>/start-variants", views.card_start_variants, name="card_start_variants"),
+    path("cards/<int:card_id>/compare", views.card_compare, name="card_compare"),
+    path("cards/<int:card_id>/choose", views.card_choose, name="card_choose"),
     path("cards/<int:card_id>/drop", views.card_drop, name="card_drop"),
     path("cards/<int:card_id>/mark-done", views.card_mark_done, name="card_mark_done"),
     path("runs/<int:run_id>/decide", views.run_decide, name="run_decide"),

@@ -496,6 +496,83 @@ def card_push(request, card_id):
     return _land_action(request, card_id, landing.push_card, request.POST.get("pr") == "1")
 
 
+# --- Variants (issue 7, "Several models on one card"): start a card on several agents or models,
+# compare the results side by side, land the chosen one. Domain: Card.start_variants,
+# Card.check_can_choose; the clean-up: agents/variants.py; the rows: board/compare.py.
+
+
+def _variants_refused(request, card: Card, error: str, status: int, form=None):
+    """The card page again with ``error`` in its "Start on several" panel (and the form as sent)."""
+    card = Card.objects.select_related("project", "agent", "current_run").get(pk=card.pk)
+    context = {**card_context(card), "variants_error": error}
+    if form is not None:
+        context["variants_form"] = form
+    return render(request, "board/card_detail.html", context, status=status)
+
+
+@require_POST
+def card_start_variants(request, card_id):
+    """Start the card on the agents and models ticked (board.forms.VariantsForm), one card each,
+    then show their comparison; 422 for bad input (no agent, an unknown agent id, one choice), 409
+    with the reason when the domain refuses (a card not in the Backlog, one that cannot start)."""
+    from board.forms import VariantsForm
+
+    card = get_object_or_404(Card.objects.select_related("project", "agent"), pk=card_id)
+    form = VariantsForm(request.POST)
+    if not form.is_valid():
+        error = " ".join(e for errors in form.errors.values() for e in errors)
+        return _variants_refused(request, card, error, 422, form)
+    try:
+        runs = card.start_variants(form.cleaned_data["choices"])
+    except BoardError as exc:
+        return _variants_refused(request, card, str(exc), 409, form)
+    messages.success(request, f"Started {len(runs)} variants of card #{card.pk}, each on its own branch.")
+    return redirect("card_compare", card_id=card.pk)
+
+
+def _compare_context(card: Card) -> dict:
+    from board import compare
+
+    group = card.variant_group()
+    return {"card": card, "rows": compare.rows(group), "active": any(c.is_running for c in group)}
+
+
+def card_compare(request, card_id):
+    """The card's group side by side (board.compare.rows); 404 for a card with no variants. With
+    ``?part=rows`` only the table (what the page polls while a variant runs)."""
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    context = _compare_context(card)
+    if len(context["rows"]) < 2:
+        raise Http404("This card has no variants to compare; start it on several agents from its page.")
+    template = "board/compare.html#rows" if request.GET.get("part") == "rows" else "board/compare.html"
+    return render(request, template, context)
+
+
+@require_POST
+def card_choose(request, card_id):
+    """Land this card as the chosen one of its group and remove the others from the board
+    (agents.variants.choose_variant); then the board. Refused with the reason on the comparison:
+    409 (another variant still running, a card not in Review, a dirty checkout, conflicts), 422 for
+    a landing mode that does not exist."""
+    from agents import variants
+
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    mode = request.POST.get("mode") or None
+    if mode is not None and mode not in LandMode.values:
+        error, status = f"'{mode[:40]}' is not a landing mode; use one of {', '.join(LandMode.values)}.", 422
+    else:
+        try:
+            note = variants.choose_variant(card, keep_branches=request.POST.get("keep_branches") == "on", mode=mode)
+        except (BoardError, worktrees.GitError) as exc:
+            error, status = str(exc), 409
+        else:
+            messages.success(request, f"Chose #{card.pk}. {note}")
+            return redirect("board", project_id=card.project_id)
+    context = _compare_context(Card.objects.select_related("project", "agent", "current_run").get(pk=card.pk))
+    context["choose_error"] = error
+    return render(request, "board/compare.html", context, status=status)
+
+
 def project_settings(request, project_id):
     project = get_object_or_404(Project, pk=project_id)
     form = ProjectSettingsForm(request.POST or None, instance=project)
