@@ -82,14 +82,17 @@ def land_card(card: Card, mode: str | None = None) -> str:
             raise
         base = project.base_branch
         card.record_landing(sha, mode, f"landed on {base} as {sha[:10]} ({LandMode(mode).label.lower()})")
-    return f"Landed on {base} as {sha[:10]} ({LandMode(mode).label.lower()}). " + _clean_up(card)
+    return f"Landed on {base} as {sha[:10]} ({LandMode(mode).label.lower()}). " + _clean_up(
+        card, rebased_tip=sha if mode == LandMode.REBASE else None
+    )
 
 
-def _clean_up(card: Card) -> str:
+def _clean_up(card: Card, rebased_tip: str | None = None) -> str:
     """After a landing: the worktree goes (what it held uncommitted is committed on the branch
     first, as when a card is deleted), and the branch goes too when the project says so, unless
-    that commit left it holding work that did not land. Failures are reported, never raised: the
-    landing itself has happened."""
+    that commit left it holding work that did not land. A branch kept after a rebase landing is
+    moved to ``rebased_tip``, as a local rebase would leave it, so that it holds nothing that did
+    not land. Failures are reported, never raised: the landing itself has happened."""
     project = card.project
     leftover = None
     try:
@@ -106,6 +109,12 @@ def _clean_up(card: Card) -> str:
         return (f"{note}; what it held uncommitted was committed on {card.branch} as {leftover[:10]}, which did not "
                 "land, so the branch was kept.")
     if not project.delete_branch_on_land:
+        if rebased_tip:
+            try:
+                worktrees.move_branch(project.repo_path, card.branch, rebased_tip)
+            except worktrees.GitError as exc:
+                return f"{note}; the branch {card.branch} was kept at its commits before the rebase: {exc}"
+            return f"{note}; the branch {card.branch} was kept, moved to the rebased commits."
         return f"{note}; the branch {card.branch} was kept."
     try:
         worktrees.delete_branch(project.repo_path, card.branch)

@@ -726,6 +726,13 @@ def delete_branch(repo_path: str, branch: str) -> None:
         _git(repo, "branch", "-D", "--", branch, doing=f"delete the branch {branch}")
 
 
+def move_branch(repo_path: str, branch: str, sha: str) -> None:
+    """Point the local branch ``branch`` at commit ``sha`` (``git branch -f``), as a local
+    rebase would leave it. Raises :class:`GitError`, e.g. when it is checked out somewhere."""
+    repo = _abs(repo_path)
+    _git(repo, "branch", "-f", "--", branch, _check_commit(repo, sha), doing=f"move the branch {branch}")
+
+
 # --------------------------------------------------------------------------
 # Commits and diffs
 # --------------------------------------------------------------------------
@@ -908,6 +915,15 @@ def branch_range(repo_path: str, base_branch: str, branch: str) -> tuple[str, st
     if tip is None:
         raise BranchNotFound(f"Branch '{branch}' does not exist in {repo}.")
     return _merge_base(repo, base_ref, tip, base_branch, branch), tip
+
+
+def commit_range(repo_path: str, sha: str) -> tuple[str, str]:
+    """``(old, new)``: full shas of commit ``sha``'s first parent (the empty tree for a root
+    commit) and of ``sha`` itself: the change one commit made, such as a landing's merge or
+    squash commit on the base. Raises :class:`GitError` when ``sha`` is not a commit."""
+    repo = _abs(repo_path)
+    new = _check_commit(repo, sha)
+    return _parent_or_empty_tree(repo, new), new
 
 
 def _parent_or_empty_tree(repo: str, sha: str) -> str:

@@ -175,6 +175,7 @@ class DiffPage:
 
     query: DiffQuery
     commit: str = ""
+    landed_change: bool = False  # the diff is the commit the card landed as (see landed_as_one_commit)
     entries: list[FileEntry] = field(default_factory=list)
     files: list[FileView] = field(default_factory=list)
     pages: int = 1
@@ -325,6 +326,19 @@ def _paths(files: Iterable[worktrees.ChangedFile]) -> list[str]:
     return paths
 
 
+def landed_as_one_commit(card) -> bool:
+    """Whether the card landed as one commit on the base (a merge or squash landing, as its
+    "card" event records): its diff is then that commit's change, since the merged branch no
+    longer differs from the base (or is deleted). A rebase landing replays several commits,
+    so its card keeps the branch's own diff."""
+    if not card.landed_commit:
+        return False
+    from board.models import Event  # the review reads the domain's record of the landing
+
+    event = Event.objects.filter(card_id=card.pk, kind="card", data__landed=card.landed_commit).order_by("-id").first()
+    return bool(event and event.data.get("mode") in ("merge", "squash"))
+
+
 def diff_range(card, commit: str = "") -> tuple[str, str]:
     """``(old, new)`` shas of the card's diff: where its branch left the base branch and the
     branch's tip, or a checkpoint's parent and the checkpoint. Raises NotInDiff for a commit that
@@ -333,6 +347,8 @@ def diff_range(card, commit: str = "") -> tuple[str, str]:
     try:
         if commit:
             return worktrees.checkpoint_range(project.repo_path, project.base_branch, card.branch, commit)
+        if landed_as_one_commit(card):
+            return worktrees.commit_range(project.repo_path, card.landed_commit)
         return worktrees.branch_range(project.repo_path, project.base_branch, card.branch)
     except worktrees.CommitNotOnBranch as exc:
         raise NotInDiff(str(exc)) from exc
@@ -347,6 +363,7 @@ def diff_page(card, query: DiffQuery, comments: Iterable | None = None) -> DiffP
     if not card.branch:
         page.note = "No branch yet: start the card."
         return page
+    page.landed_change = not query.commit and landed_as_one_commit(card)
     try:
         old, new = diff_range(card, query.commit)
         files = worktrees.changed_files(card.project.repo_path, old, new)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import landing, landing_git, runner
+from agents import landing, landing_git, runner, worktrees
 from agents.worktrees import BranchNotFound, Identity
 from board.models import BoardError, Card, Column, Event, Run, RunState
 from tests.conftest import git
@@ -663,3 +663,20 @@ def bare_remote_for(tmp_path):
         return remote
 
     return make
+
+
+@pytest.mark.django_db
+def test_a_landed_card_shows_the_change_it_made_on_the_base_and_a_rebased_branch_holds_nothing_unlanded(client, make_card, project):
+    merged = run_to_review(make_card("echo merged > merged.txt", title="Merge me"))
+    landing.land_card(merged)
+    merged.refresh_from_db()
+    page = client.get(f"/cards/{merged.pk}/diff").content.decode()
+    assert "merged.txt" in page and f"as <code title=\"{merged.landed_commit}\">" in page
+    assert "the change it made there" in page
+
+    rebased = run_to_review(make_card("echo rebased > rebased.txt", title="Rebase me"))
+    note = landing.land_card(rebased, "rebase")
+    rebased.refresh_from_db()
+    assert "moved to the rebased commits" in note
+    assert sha(project.repo_path, rebased.branch) == rebased.landed_commit == sha(project.repo_path, "main")
+    assert worktrees.unlanded_commits(project.repo_path, "main", rebased.branch) == 0
