@@ -488,6 +488,10 @@ class CardForm(forms.Form):
     )
     mode = forms.ChoiceField(choices=Mode.choices, initial=Mode.ACT, required=False,
                              help_text="Plan first: the built-in agent only reads, and you approve its plan.")
+    labels = forms.CharField(required=False, max_length=400, help_text="Comma-separated, such as bug, frontend.")
+
+    def clean_labels(self):
+        return parse_labels(self.cleaned_data.get("labels", ""))
 
     def clean_title(self):
         title = printable(self.cleaned_data["title"])
@@ -554,3 +558,24 @@ class VariantsForm(forms.Form):
             raise forms.ValidationError(f"At most {Card.MAX_VARIANTS} agents or models at once; {len(choices)} were chosen.")
         data["choices"] = choices
         return data
+
+
+MAX_LABELS = 10
+MAX_LABEL_CHARS = 30
+
+
+def parse_labels(text: str) -> list[str]:
+    """Comma-separated labels as a list: each trimmed, lower-cased, inner spaces made dashes (the
+    board filters on space-separated labels), empty ones and repeats dropped. Raises
+    ValidationError for more than MAX_LABELS or a label longer than MAX_LABEL_CHARS."""
+    labels: list[str] = []
+    for part in printable(text or "").split(","):
+        label = "-".join(part.lower().split())
+        if label and label not in labels:
+            labels.append(label)
+    if len(labels) > MAX_LABELS:
+        raise forms.ValidationError(f"At most {MAX_LABELS} labels, please.")
+    long = [label for label in labels if len(label) > MAX_LABEL_CHARS]
+    if long:
+        raise forms.ValidationError(f"Keep each label under {MAX_LABEL_CHARS} characters: {long[0][:40]}… is longer.")
+    return labels

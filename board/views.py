@@ -62,10 +62,16 @@ def queue_places(runs) -> dict:
     return {}
 
 
+BOARD_DEFERRED = ("prompt", "conflicts", "current_run__agent_state", "current_run__commits", "current_run__prompt")
+
+
 def board_context(project: Project, oob: bool = False) -> dict:
     """What the board template needs: the project, its cards in the four columns, in order, and
     the queued ones' places in line (``queue``)."""
-    cards = list(project.cards.select_related("agent", "current_run").prefetch_related("depends_on"))
+    # The board shows none of these, and a run's stored conversation alone may be megabytes: read
+    # for a thousand cards, they were most of a render's time (bench/board_render.py).
+    cards = list(project.cards.select_related("agent", "current_run").prefetch_related("depends_on")
+                 .defer(*BOARD_DEFERRED))
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
         for value, label in Column.choices
@@ -79,7 +85,16 @@ def board(request, project_id):
     # The agent of the project's latest card is the likely next choice, not the first by name.
     last = project.cards.filter(agent__enabled=True).order_by("-id").values_list("agent__name", flat=True).first()
     context["form"] = CardForm(initial={"agent": last})
+    context.update(board_filters(context["columns"]))
+    context["projects"] = Project.objects.only("id", "name")  # the top bar's switcher
     return render(request, "board/board.html", context)
+
+
+def board_filters(columns: list[dict]) -> dict:
+    """The board's filter choices: the run states a card can show (``states``) and the labels of
+    its cards (``labels``, sorted)."""
+    labels = sorted({label for column in columns for card in column["cards"] for label in card.labels})
+    return {"states": [("idle", "not started"), *RunState.choices], "labels": labels}
 
 
 @require_POST
@@ -90,6 +105,9 @@ def card_create(request, project_id):
         return render(request, "board/board.html#card-form", {"project": project, "form": form}, status=422)
     card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
                        form.cleaned_data.get("mode") or "act")
+    if form.cleaned_data.get("labels"):
+        card.labels = form.cleaned_data["labels"]
+        card.save(update_fields=["labels"])
     if request.htmx:
         # The new card goes into the Backlog at once; the push that follows replaces it by id.
         form = CardForm(initial={"agent": card.agent.name})

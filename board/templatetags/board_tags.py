@@ -1,6 +1,9 @@
 """Template filters of the board's own."""
 
+import functools
+
 from django import template
+from django.urls import reverse
 from django.utils.safestring import mark_safe
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
@@ -34,3 +37,20 @@ def queue_place(queue: dict | None, run):
     if not queue or run is None:
         return None
     return queue.get(run.pk)
+
+
+_URL_SENTINEL = 987654321  # stands for the id in a reversed URL, replaced by the real one
+
+
+@functools.lru_cache(maxsize=64)
+def _url_pattern(name: str) -> str:
+    return reverse(name, args=[_URL_SENTINEL])
+
+
+@register.filter
+def card_url(object_id, name: str) -> str:
+    """``{% url name object_id %}`` for a URL that takes one id, reversed once per name and then
+    filled in: the board renders a thousand cards with several such links each, and reversing each
+    was a sixth of the render (bench/board_render.py). The board is served at the root, so the
+    script prefix cached with the pattern does not vary."""
+    return _url_pattern(name).replace(str(_URL_SENTINEL), str(int(object_id)))

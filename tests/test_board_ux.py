@@ -1,0 +1,134 @@
+"""The board's everyday UX (issue 7): a board of many cards in a bounded number of queries, labels,
+the filters' data attributes, empty states, the project switcher, progress of running cards."""
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from board.forms import parse_labels
+from board.models import Agent, Card, Column, Project, Run, RunState
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def client():
+    return Client(HTTP_HOST="127.0.0.1", raise_request_exception=True)
+
+
+def _cards(project, agent, count: int, start: int = 0) -> None:
+    """``count`` cards in every column and run state, some with labels and dependencies."""
+    states = [None, RunState.QUEUED, RunState.RUNNING, RunState.AWAITING_APPROVAL, RunState.SUCCEEDED,
+              RunState.FAILED, RunState.INTERRUPTED]
+    columns = [Column.BACKLOG, Column.IN_PROGRESS, Column.IN_PROGRESS, Column.IN_PROGRESS, Column.REVIEW,
+               Column.REVIEW, Column.BACKLOG]
+    previous = None
+    for i in range(start, start + count):
+        k = i % len(states)
+        card = Card.objects.create(project=project, agent=agent, title=f"Card {i}", column=columns[k],
+                                   labels=["bug"] if i % 2 else ["frontend", "a11y"])
+        if states[k] is not None:
+            run = Run.objects.create(
+                card=card, agent=agent, state=states[k], steps=i, budget={"steps": 40, "cost": 1.0, "minutes": 30},
+                started_at=timezone.now(), pending={"kind": "question", "detail": "Which?"}
+                if states[k] == RunState.AWAITING_APPROVAL else None, agent_state={"messages": ["x" * 100]},
+            )
+            card.current_run = run
+            card.save(update_fields=["current_run"])
+        if previous is not None and i % 3 == 0:
+            card.depends_on.add(previous)
+        previous = card
+
+
+def _queries_for_board(client, project) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(f"/projects/{project.pk}/")
+    assert response.status_code == 200
+    return len(queries)
+
+
+def test_the_board_renders_in_the_same_number_of_queries_whatever_the_number_of_cards(client, project):
+    agent = Agent.objects.create(name="builtin-x", kind=Agent.Kind.BUILTIN, model="openai/x")
+    _cards(project, agent, 14)
+    few = _queries_for_board(client, project)
+    _cards(project, agent, 140, start=14)
+    many = _queries_for_board(client, project)
+    assert many == few, f"{few} queries for 14 cards, {many} for 154: something is read per card"
+    assert many <= 15
+
+
+def test_labels_typed_with_commas_are_saved_and_shown_as_chips(client, project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    response = client.post(f"/projects/{project.pk}/cards/", {
+        "title": "Fix login", "prompt": "", "agent": "echo", "labels": " Bug, front end ,bug,,",
+    }, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    card = Card.objects.get(title="Fix login")
+    assert card.labels == ["bug", "front-end"]
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert '<li class="chip">bug</li>' in page and '<li class="chip">front-end</li>' in page
+    assert '<option value="front-end">front-end</option>' in page  # the label filter offers it
+
+
+def test_too_many_or_too_long_labels_are_refused_with_a_message(client, project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    url = f"/projects/{project.pk}/cards/"
+    response = client.post(url, {"title": "A", "agent": "echo", "labels": ",".join(f"l{i}" for i in range(11))})
+    assert response.status_code == 422 and "At most 10 labels" in response.content.decode()
+    response = client.post(url, {"title": "A", "agent": "echo", "labels": "x" * 31})
+    assert response.status_code == 422 and "under 30 characters" in response.content.decode()
+    assert not Card.objects.exists()
+
+
+def test_labels_are_parsed_trimmed_lowercased_and_without_repeats():
+    assert parse_labels("") == []
+    assert parse_labels("UI,  ui , needs review,\x00x") == ["ui", "needs-review", "x"]
+
+
+def test_cards_carry_the_data_the_filters_read(client, make_card, project):
+    card = make_card(title="Speed up the Parser")
+    card.labels = ["perf", "backend"]
+    card.save(update_fields=["labels"])
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert f'data-state="idle" data-labels="perf backend" data-search="#{card.pk} speed up the parser perf backend"' in page
+    assert 'id="board-search"' in page and 'id="filter-state"' in page and 'id="filter-label"' in page
+    assert '<option value="awaiting_approval">awaiting approval</option>' in page
+
+
+def test_empty_columns_say_what_to_do_next(client, project):
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert "No cards waiting. Add one with the form above" in page
+    assert "Nothing running. Start a card from the Backlog" in page
+    assert "Finished cards wait here for your review." in page
+    assert "Landed cards end here." in page
+
+
+def test_the_home_page_without_a_project_says_how_to_add_one(client):
+    page = client.get("/").content.decode()
+    assert "No project yet. Add the path of a local git repository below" in page
+
+
+def test_the_top_bar_lists_every_project_to_switch_to(client, project):
+    other = Project.objects.create(name="second", repo_path=project.repo_path, base_branch="main")
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert f'<option value="/projects/{project.pk}/" selected>demo</option>' in page
+    assert f'<option value="/projects/{other.pk}/">second</option>' in page
+    assert 'aria-label="Dark mode"' in page and 'aria-label="Keyboard shortcuts"' in page
+    assert 'id="keys-help"' in page
+
+
+def test_a_running_command_card_shows_its_time_budget_and_a_built_in_one_its_steps(client, project, make_card):
+    card = make_card()
+    run = Run.objects.create(card=card, agent=card.agent, state=RunState.RUNNING, started_at=timezone.now(),
+                             budget={"steps": 40, "cost": None, "minutes": 30})
+    Card.objects.filter(pk=card.pk).update(current_run=run, column=Column.IN_PROGRESS)
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert 'class="time-budget" max="30"' in page and "of 30 min" in page
+    assert "badge-running" in page  # the spinner
+    builtin = Agent.objects.create(name="bi", kind=Agent.Kind.BUILTIN, model="openai/x")
+    Card.objects.filter(pk=card.pk).update(agent=builtin)
+    Run.objects.filter(pk=run.pk).update(steps=3, cost=0.5, tokens=1200, budget={"steps": 40, "cost": 2.0, "minutes": 30})
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert "Steps 3/40" in page and "$0.5000/$2.00" in page and "1200 tokens" in page
