@@ -65,7 +65,7 @@ class BoardConsumer(AsyncWebsocketConsumer):
         html = render_to_string("board/board.html#card-push", context)
         if lists:  # only the lists reordered, not the whole board
             board = board_context(card.project, oob=True)
-            html += "".join(render_to_string("board/board.html#column-list", {**board, "column": column})
+            html += "".join(render_to_string("board/board.html#column-list", {**board, "column": column, "oob": False, "list_oob": True})
                             for column in board["columns"] if column["value"] in lists)
         return html
 

@@ -705,7 +705,8 @@ def _column_lists(request, card: Card, columns, error: str = "", status: int = 2
     itself with ``error`` shown on it (so the reason shows where the lead dropped it)."""
     context = board_context(card.project, oob=True)
     html = "".join(
-        render_to_string("board/board.html#column-list", {**context, "column": column}, request)
+        # The list alone is swapped out of band: cards marked so inside it would be swapped on their own.
+        render_to_string("board/board.html#column-list", {**context, "column": column, "oob": False, "list_oob": True}, request)
         for column in context["columns"] if column["value"] in columns
     )
     if error:

@@ -79,7 +79,8 @@
     if (!target || !fragment || !fragment.children || target.id.indexOf("list-") !== 0) return;
     Array.prototype.forEach.call(fragment.children, function (child) {
       var old = child.id && document.getElementById(child.id);
-      if (old) old.remove();
+      // A list swapped whole (a reorder, a drop's answer) replaces itself: not a duplicate.
+      if (old && old !== target) old.remove();
     });
   });
   // Forms re-rendered by a websocket push carry no CSRF token (there is no request to make one
