@@ -244,6 +244,7 @@ def main() -> None:
                         if 'id="columns"' not in (payload if isinstance(payload, str) else "") else -1))
 
                 page.on("websocket", on_socket)
+                page.on("console", lambda msg: say(f"console: {msg.text[:200]}") if msg.type == "error" else None)
                 page.goto(url, timeout=60_000)
                 page.wait_for_selector("#ws-status.ok", timeout=60_000)
                 page.wait_for_timeout(2000)  # the whole board sent on connect is swapped in
@@ -264,6 +265,7 @@ def main() -> None:
                 context.close()
 
             card_frames = [n for n in frames if n >= 0]
+            say(f"frames: {len(frames)} in all, {frames.count(-1)} of the whole board")
             say(f"updates: {result.get('steps', 0)} steps written, {len(card_frames)} card frames received, "
                 f"largest {max(card_frames, default=0):,} bytes")
             if tasks is None:

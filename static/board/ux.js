@@ -74,8 +74,20 @@
       new Notification((title ? title.textContent : card.id) + " " + why, {tag: card.id, body: "Agent Board"});
     } catch (e) { /* some browsers only notify from a service worker: the title count remains */ }
   }
+  // The label filter offers every label on the board, those of cards added or pushed since too.
+  function offerLabels(card) {
+    var select = document.getElementById("filter-label");
+    if (!select || !card || !card.dataset.labels) return;
+    card.dataset.labels.split(" ").forEach(function (label) {
+      if (!label || Array.prototype.some.call(select.options, function (o) { return o.value === label; })) return;
+      var option = document.createElement("option");
+      option.value = option.textContent = label;
+      select.appendChild(option);
+    });
+  }
   function look(id) {
     var card = document.getElementById(id);
+    offerLabels(card);
     var why = need(card);
     if (why && known[id] !== why) {
       attention[id] = why;
@@ -158,14 +170,12 @@
       });
     }
 
-    var columns = document.getElementById("columns");
-    if (columns) {
-      remember();
-      columns.addEventListener("click", function (e) {
-        if (e.target.closest("a, button, input, textarea, select, form")) return;
-        selectCard(e.target.closest("article.card"));
-      });
-    }
+    remember();
+  });
+  // On the document, not on #columns: the socket's first message replaces #columns whole.
+  document.addEventListener("click", function (e) {
+    if (!e.target.closest || !e.target.closest("#columns") || e.target.closest("a, button, input, textarea, select, form")) return;
+    selectCard(e.target.closest("article.card"));
   });
 
   // A push names the cards it carries by id: look only at those (the whole board, sent when the
@@ -181,6 +191,14 @@
   document.addEventListener("htmx:afterSwap", function (e) {
     var card = e.detail.elt && e.detail.elt.closest && e.detail.elt.closest("article.card");
     if (card) { look(card.id); updateTitle(); }
+  });
+  // A card added by this tab's form comes out of band at the end of the Backlog (a moved one at
+  // the top of its list).
+  document.addEventListener("htmx:oobAfterSwap", function (e) {
+    var target = e.detail.target;
+    if (!target || !target.id || target.id.indexOf("list-") !== 0) return;
+    offerLabels(target.querySelector(":scope > article.card"));
+    offerLabels(target.querySelector(":scope > article.card:last-of-type"));
   });
 })();
 
