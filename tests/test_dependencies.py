@@ -135,3 +135,23 @@ def test_card_settings_refuse_junk_in_waits_for_with_422(client, make_card, junk
     card = make_card()
     response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "waits_for": [junk]})
     assert response.status_code == 422
+
+
+def test_card_add_waits_for_cards_from_the_shell_and_refuses_junk(make_card, project):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    first, second = make_card(title="first"), make_card(title="second")
+    out = StringIO()
+    call_command("card", "add", "--project", str(project.pk), "--title", "After both", "--agent", first.agent.name,
+                 "--waits-for", f"{first.pk},{second.pk}", "--start-when-ready", stdout=out)
+    card = Card.objects.get(pk=int(out.getvalue().strip().splitlines()[-1]))
+    assert sorted(c.pk for c in card.depends_on.all()) == [first.pk, second.pk] and card.start_when_ready
+    assert f"waiting for #{first.pk}, #{second.pk}" in out.getvalue()
+    count = Card.objects.count()
+    for junk in ("x", "999999", "1;2"):
+        with pytest.raises(CommandError):
+            call_command("card", "add", "--project", str(project.pk), "--title", "Junk", "--agent", first.agent.name,
+                         "--waits-for", junk, stdout=StringIO())
+    assert Card.objects.count() == count, "a refused card is not added"

@@ -2,6 +2,7 @@ import json
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from board.forms import CardForm
 from board.management.commands._cli import form_errors
@@ -31,6 +32,10 @@ class Command(BaseCommand):
         add.add_argument("--prompt", default="")
         add.add_argument("--agent", default="built-in", help="Agent name (default: built-in).")
         add.add_argument("--mode", choices=["act", "plan"], default="act", help="plan: plan first, act once approved.")
+        add.add_argument("--waits-for", default="", metavar="IDS",
+                         help="Comma-separated ids of cards of the project that must land (or be marked done) first.")
+        add.add_argument("--start-when-ready", action="store_true",
+                         help="Start by itself once every card it waits for has landed.")
         start = sub.add_parser("start", help="Queue a card for the running workers.")
         resume = sub.add_parser("resume", help="Go on with an interrupted, stopped or failed run.")
         follow = sub.add_parser("follow-up", help="Send a card in Review back to its agent with feedback.")
@@ -84,10 +89,31 @@ class Command(BaseCommand):
                          "mode": options["mode"]})
         if not form.is_valid():
             raise form_errors(form)
-        card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
-                           form.cleaned_data["mode"] or "act")
-        self.stdout.write(f"Added card '{card.title}' to {project.name}'s Backlog")
+        waits_for = self._waits_for(options["waits_for"])
+        with transaction.atomic():
+            card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
+                               form.cleaned_data["mode"] or "act")
+            if waits_for or options["start_when_ready"]:
+                try:
+                    card.set_dependencies(waits_for, options["start_when_ready"])
+                except BoardError as exc:
+                    transaction.set_rollback(True)
+                    raise CommandError(str(exc)) from exc
+        self.stdout.write(f"Added card '{card.title}' to {project.name}'s Backlog"
+                          + (f", waiting for {', '.join(f'#{c.pk}' for c in waits_for)}" if waits_for else ""))
         self.stdout.write(str(card.pk))
+
+    @staticmethod
+    def _waits_for(text: str) -> list[Card]:
+        """The cards ``--waits-for`` names ("3,5"); CommandError for junk or an id with no card."""
+        ids = [part.strip().lstrip("#") for part in text.split(",") if part.strip()]
+        if not all(part.isdigit() and len(part) < 19 for part in ids):
+            raise CommandError(f"--waits-for takes card ids separated by commas, such as 3,5; got '{text}'.")
+        cards = list(Card.objects.filter(pk__in=[int(part) for part in ids]))
+        missing = sorted({int(part) for part in ids} - {card.pk for card in cards})
+        if missing:
+            raise CommandError(f"No card with id {', '.join(map(str, missing))}.")
+        return cards
 
     def do_start(self, options):
         self._queue(options, lambda card: card.start())
