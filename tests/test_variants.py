@@ -257,3 +257,45 @@ def test_choosing_with_a_landing_mode_that_does_not_exist_answers_422(client, ca
     response = client.post(f"/cards/{group[0].pk}/choose", {"mode": "yolo"})
     assert response.status_code == 422 and "not a landing mode" in response.content.decode()
     assert Card.objects.filter(pk__in=[c.pk for c in group]).count() == 2
+
+
+def test_the_builtin_agent_on_two_models_runs_each_model_and_compares_their_tokens_and_checks(
+        client, card, project, fake_llm, model_key):
+    def write(body):
+        files = ["SMALL.md"] if body["model"].endswith("small") else ["LARGE.md", "MORE.md"]
+        return {"tool_calls": [{"name": "write_file", "arguments": {"path": name, "content": f"{name}\n"}}
+                               for name in files]}
+
+    server = fake_llm([write, {"tool_calls": [{"name": "finish", "arguments": {"summary": "Wrote it"}}]}])
+    project.model, project.api_base, project.api_key_env = "openai/fake-model", server.base_url, model_key
+    project.check_command = "test -n \"$(ls *.md)\""
+    project.save()
+    builtin = Agent.objects.create(name="builtin", kind=Agent.Kind.BUILTIN)
+    response = start_on(client, card, [builtin], models="openai/model-small\nopenai/model-large")
+    assert response.status_code == 302
+    run_all(group_of(card))
+
+    group = group_of(card)
+    assert sorted(body["model"] for body in server.requests) == ["model-large"] * 2 + ["model-small"] * 2
+    assert all(c.column == Column.REVIEW and c.current_run.tokens > 0 for c in group)
+    html = client.get(f"/cards/{card.pk}/compare").content.decode()
+    small, large = row(html, group[0].pk), row(html, group[1].pk)
+    assert "openai/model-small" in small and "openai/model-large" in large
+    assert "1 file <span class=\"added\">+1</span>" in small and "2 files <span class=\"added\">+2</span>" in large
+    for found, member in ((small, group[0]), (large, group[1])):
+        assert '<span class="ok">passed</span>' in found and "test -n" in found
+        assert f'class="variant-tokens">{member.current_run.tokens}<' in found
+
+
+def test_the_comparison_refreshes_itself_and_offers_stop_while_a_variant_runs(client, card, agents):
+    start_on(client, card, agents[:2])
+    group = group_of(card)
+    runner.execute(group[0].current_run_id)
+    html = client.get(f"/cards/{card.pk}/compare").content.decode()
+    assert f'hx-get="/cards/{card.pk}/compare?part=rows"' in html and 'hx-trigger="every 2s"' in html
+    assert f'formaction="/cards/{group[1].pk}/stop"' in row(html, group[1].pk)
+    part = client.get(f"/cards/{card.pk}/compare?part=rows").content.decode()
+    assert part.lstrip().startswith('<div id="compare-rows"') and "<html" not in part
+    runner.execute(group[1].current_run_id)
+    html = client.get(f"/cards/{card.pk}/compare").content.decode()
+    assert "every 2s" not in html, "nothing runs: no more polling"
