@@ -69,7 +69,9 @@ LOAD_PROBE = r"""
 window.addEventListener("load", function () {
   var cards = document.querySelectorAll("article.card");
   var last = cards[cards.length - 1];
-  window.__loaded = {ms: performance.now(), cards: cards.length,
+  var nav = performance.getEntriesByType("navigation")[0] || {};
+  window.__loaded = {ms: performance.now(), cards: cards.length, ttfb: nav.responseStart, body: nav.responseEnd,
+                     dcl: nav.domContentLoadedEventStart,
                      lastShown: !!last && (last.checkVisibility ? last.checkVisibility() : last.offsetParent !== null)};
 });
 """
@@ -230,6 +232,8 @@ def main() -> None:
                     if probe["cards"] != CARDS or not probe["lastShown"]:
                         say(f"PROBLEM: at the load event {probe['cards']} cards, last shown: {probe['lastShown']}")
                     loads.append(probe["ms"])
+                    say(f"load: first byte {probe['ttfb']:.0f} ms, last byte {probe['body']:.0f} ms, "
+                        f"DOMContentLoaded {probe['dcl']:.0f} ms, load {probe['ms']:.0f} ms")
                     context.close()
                 say("page loads (ms): " + ", ".join(f"{ms:.0f}" for ms in loads))
 

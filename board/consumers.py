@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from board import relay
-from board.models import Card, Column, Project, RunState
+from board.models import Card, Column, Event, Project, RunState
 from board.views import LOG_KINDS, board_context, card_context, queue_places
 
 # Event kinds that change what a card shows on the board or in its detail.
@@ -27,9 +27,19 @@ RESUME_WAIT = 2.0
 
 class BoardConsumer(AsyncWebsocketConsumer):
     """Pushes card updates of one project's board: a card re-rendered in place, or moved to the top
-    of its new column, at most once every CARD_PUSH_GAP seconds per card. On (re)connect it sends
-    all columns, so a browser that missed pushes is made right at once. When runs start or end
-    anywhere, its queued cards are re-rendered, since their places in the queue moved."""
+    of its new column, at most once every CARD_PUSH_GAP seconds per card. When runs start or end
+    anywhere, its queued cards are re-rendered, since their places in the queue moved.
+
+    On (re)connect the page says what it shows, as JSON ``{"since": <the last event id when its
+    columns were rendered>, "cards": [ids of the cards on it]}``: the consumer pushes only the cards
+    with events after that (and the queued ones, if runs changed state anywhere) and removes those
+    gone. Without that message within RESUME_WAIT seconds it sends all columns. A page of a
+    thousand cards is thus never sent twice on load: the whole board is over a megabyte, more than
+    one websocket message may carry (autobahn's limit), and swapping it in froze the page for a
+    second (bench/board_render.py)."""
+
+    synced = False
+    fallback: asyncio.Task | None = None
 
     async def connect(self):
         self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
@@ -43,11 +53,54 @@ class BoardConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(relay.QUEUE_GROUP, self.channel_name)
         await self.accept()
         await relay.ensure_started()
-        await self.send(text_data=await self._render_columns())
+        self.fallback = asyncio.get_running_loop().create_task(self._columns_later())
+
+    async def _columns_later(self) -> None:
+        await asyncio.sleep(RESUME_WAIT)
+        if not self.synced:
+            self.synced = True
+            await self.send(text_data=await self._render_columns())
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """The page's resume point (see the class); anything else is ignored."""
+        if self.synced or not text_data or len(text_data) > 200_000:  # ids of a big board: tens of KB
+            return
+        try:
+            point = json.loads(text_data)
+            since = int(point["since"])
+            shown = {int(card_id) for card_id in point.get("cards", [])}
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):  # junk: ignored
+            return
+        self.synced = True
+        if self.fallback is not None:
+            self.fallback.cancel()
+        changed, moved, gone = await self._changed_since(since, shown)
+        if gone:
+            await self.send(text_data="".join(f'<div id="card-{card_id}" hx-swap-oob="delete"></div>' for card_id in sorted(gone)))
+        for card_id in changed:
+            if card_id in moved:
+                self.moves[card_id] = {"moved": True, "created": False}
+            await self._push(card_id)
+
+    @database_sync_to_async
+    def _changed_since(self, since: int, shown: set[int]) -> tuple[list[int], set[int], set[int]]:
+        """The project's cards with events after ``since`` (and its queued cards when runs changed
+        state anywhere), those of them that changed column, and the ids in ``shown`` that are no
+        longer the project's cards."""
+        rows = list(Event.objects.filter(project_id=self.project_id, id__gt=since).values_list("card_id", "kind"))
+        changed = {card_id for card_id, _ in rows}
+        moved = {card_id for card_id, kind in rows if kind == "card"}
+        if Event.objects.filter(id__gt=since, kind="state").exists():
+            changed.update(Card.objects.filter(project_id=self.project_id, current_run__state=RunState.QUEUED).values_list("pk", flat=True))
+        present = set(Card.objects.filter(project_id=self.project_id, pk__in=shown).values_list("pk", flat=True)) if shown else set()
+        changed -= shown - present
+        return sorted(changed), moved, shown - present
 
     async def disconnect(self, code):
         for task in getattr(self, "later", {}).values():
             task.cancel()
+        if self.fallback is not None:
+            self.fallback.cancel()
         await self.channel_layer.group_discard(relay.project_group(self.project_id), self.channel_name)
         await self.channel_layer.group_discard(relay.QUEUE_GROUP, self.channel_name)
 

@@ -29,7 +29,7 @@ from board.forms import (
 )
 from board import review
 from board.models import Agent, BoardError, Card, Column, LandMode, Project, Run, RunState
-from board.models import DiffComment
+from board.models import DiffComment, Event
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens (or per "Load earlier"); the rest stays in the table
@@ -70,13 +70,16 @@ def board_context(project: Project, oob: bool = False) -> dict:
     the queued ones' places in line (``queue``)."""
     # The board shows none of these, and a run's stored conversation alone may be megabytes: read
     # for a thousand cards, they were most of a render's time (bench/board_render.py).
+    # Read before the cards: the page then shows every change up to this event (BoardConsumer).
+    last_event = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
     cards = list(project.cards.select_related("agent", "current_run").prefetch_related("depends_on")
                  .defer(*BOARD_DEFERRED))
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
         for value, label in Column.choices
     ]
-    return {"project": project, "columns": columns, "oob": oob, "queue": queue_places(c.current_run for c in cards)}
+    return {"project": project, "columns": columns, "oob": oob, "queue": queue_places(c.current_run for c in cards),
+            "last_event": last_event}
 
 
 def board(request, project_id):

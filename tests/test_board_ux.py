@@ -1,6 +1,8 @@
 """The board's everyday UX (issue 7): a board of many cards in a bounded number of queries, labels,
 the filters' data attributes, empty states, the project switcher, progress of running cards."""
 
+import json
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -132,3 +134,61 @@ def test_a_running_command_card_shows_its_time_budget_and_a_built_in_one_its_ste
     Run.objects.filter(pk=run.pk).update(steps=3, cost=0.5, tokens=1200, budget={"steps": 40, "cost": 2.0, "minutes": 30})
     page = client.get(f"/projects/{project.pk}/").content.decode()
     assert "Steps 3/40" in page and "$0.5000/$2.00" in page and "1200 tokens" in page
+
+
+# --- The board's socket on (re)connect: only what changed since the page was rendered ----------
+
+from channels.db import database_sync_to_async  # noqa: E402
+from channels.testing import WebsocketCommunicator  # noqa: E402
+
+from board.consumers import RESUME_WAIT  # noqa: E402
+from board.models import Event  # noqa: E402
+from config.asgi import application  # noqa: E402
+
+HEADERS = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
+
+
+async def _board_socket(project):
+    communicator = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/", headers=HEADERS)
+    assert (await communicator.connect())[0]
+    return communicator
+
+
+def _last_event() -> int:
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_board_page_that_says_what_it_shows_gets_no_second_copy_of_the_board(make_card, project):
+    card = await database_sync_to_async(make_card)()
+    communicator = await _board_socket(project)
+    await communicator.send_to(text_data=json.dumps({"since": await database_sync_to_async(_last_event)(), "cards": [card.pk]}))
+    assert await communicator.receive_nothing(timeout=RESUME_WAIT + 0.5)
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_board_page_reconnecting_gets_the_cards_changed_since_and_loses_the_deleted(make_card, project):
+    quiet, busy, gone = [await database_sync_to_async(make_card)(title=t) for t in ("Quiet", "Busy", "Gone")]
+    since = await database_sync_to_async(_last_event)()
+    await database_sync_to_async(busy.start)()  # moves to In Progress while the page was away
+    await database_sync_to_async(Card.objects.filter(pk=gone.pk).delete)()
+    communicator = await _board_socket(project)
+    await communicator.send_to(text_data=json.dumps({"since": since, "cards": [quiet.pk, busy.pk, gone.pk]}))
+    messages = [await communicator.receive_from(timeout=5), await communicator.receive_from(timeout=5)]
+    text = "".join(messages)
+    assert f'<div id="card-{gone.pk}" hx-swap-oob="delete"></div>' in text
+    assert f'hx-swap-oob="afterbegin:#list-in_progress"' in text and f'id="card-{busy.pk}"' in text
+    assert f'id="card-{quiet.pk}"' not in text and 'id="columns"' not in text
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_board_page_that_says_nothing_or_junk_gets_the_whole_board(make_card, project):
+    card = await database_sync_to_async(make_card)()
+    communicator = await _board_socket(project)
+    await communicator.send_to(text_data='{"since": "soon", "cards": {"a": 1}}')
+    first = await communicator.receive_from(timeout=RESUME_WAIT + 3)
+    assert 'id="columns"' in first and f'id="card-{card.pk}"' in first
+    await communicator.disconnect()

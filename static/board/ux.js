@@ -178,6 +178,16 @@
     selectCard(e.target.closest("article.card"));
   });
 
+  // When the board's socket (re)opens, say what the page shows: the server pushes only the cards
+  // changed since, instead of the whole board again.
+  document.addEventListener("htmx:wsOpen", function (e) {
+    var columns = document.getElementById("columns");
+    if (!columns || !columns.dataset.event || !e.detail.socketWrapper) return;
+    var ids = Array.prototype.map.call(document.querySelectorAll("#columns article.card"), function (card) {
+      return parseInt(card.id.slice(5), 10);
+    });
+    e.detail.socketWrapper.send(JSON.stringify({since: parseInt(columns.dataset.event, 10) || 0, cards: ids}));
+  });
   // A push names the cards it carries by id: look only at those (the whole board, sent when the
   // socket (re)connects, is taken as it is, like the page's first load).
   document.addEventListener("htmx:wsAfterMessage", function (e) {
