@@ -33,7 +33,7 @@ def test_start_and_stop_on_the_card_page_work_after_live_updates(board, page, tm
 
     page.goto(f"{board.url}/cards/{card}/")
     expect(page.locator("#ws-status")).to_have_text("live")  # the header has been pushed once already
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     header = page.locator("#card-header")
     expect(header).to_have_attribute("data-state", "running", timeout=30_000)
     expect(header.locator(".last-line")).to_contain_text("tick", timeout=30_000)
@@ -70,7 +70,7 @@ def test_a_card_page_cut_off_while_its_run_finishes_shows_it_right_after_reconne
     page.route_web_socket("**/ws/**", route)
     page.goto(f"{board.url}/cards/{card}/")
     expect(page.locator("#ws-status")).to_have_text("live")
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     log = page.locator("#log")
     expect(log).to_contain_text("early-output", timeout=30_000)
 

@@ -39,7 +39,7 @@ def test_the_lead_comments_on_a_line_side_by_side_and_sends_it_back_to_the_agent
 
     page.goto(f"{board.url}/cards/{card}/")
     expect(page.locator("#ws-status")).to_have_text("live")
-    page.get_by_role("button", name="Start").click()
+    page.get_by_role("button", name="Start", exact=True).click()
     header = page.locator("#card-header")
     expect(header).to_have_attribute("data-state", "succeeded", timeout=30_000)
 
