@@ -698,7 +698,7 @@ DROP_IDS_MAX = 5000  # ids a drop may list: a column's worth, and a bound on jun
 def _parse_ids(text: str) -> list[int] | None:
     """``"3,5,8"`` as [3, 5, 8]; None for anything else (junk, or more than DROP_IDS_MAX ids)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) > DROP_IDS_MAX or not all(p.isdigit() and len(p) < 19 for p in parts):
+    if len(parts) > DROP_IDS_MAX or not all(p.isascii() and p.isdigit() and len(p) < 19 for p in parts):
         return None
     return [int(p) for p in parts]
 

@@ -114,6 +114,7 @@ def test_a_stale_order_keeps_cards_it_does_not_name_after_the_named_ones(client,
     {"column": "backlog", "order": "99999999999999999999999"},
     {"column": "backlog", "order": ",".join(["1"] * 6000)},
     {"column": "backlog\x00", "order": "-1"},
+    {"column": "backlog", "order": "\u00b2"},  # a digit to str.isdigit, not to int()
 ])
 def test_junk_columns_and_orders_are_400(client, make_card, data):
     card = make_card()

@@ -150,7 +150,7 @@ def test_card_add_waits_for_cards_from_the_shell_and_refuses_junk(make_card, pro
     assert sorted(c.pk for c in card.depends_on.all()) == [first.pk, second.pk] and card.start_when_ready
     assert f"waiting for #{first.pk}, #{second.pk}" in out.getvalue()
     count = Card.objects.count()
-    for junk in ("x", "999999", "1;2"):
+    for junk in ("x", "999999", "1;2", "\u00b2"):
         with pytest.raises(CommandError):
             call_command("card", "add", "--project", str(project.pk), "--title", "Junk", "--agent", first.agent.name,
                          "--waits-for", junk, stdout=StringIO())

@@ -107,7 +107,7 @@ class Command(BaseCommand):
     def _waits_for(text: str) -> list[Card]:
         """The cards ``--waits-for`` names ("3,5"); CommandError for junk or an id with no card."""
         ids = [part.strip().lstrip("#") for part in text.split(",") if part.strip()]
-        if not all(part.isdigit() and len(part) < 19 for part in ids):
+        if not all(part.isascii() and part.isdigit() and len(part) < 19 for part in ids):
             raise CommandError(f"--waits-for takes card ids separated by commas, such as 3,5; got '{text}'.")
         cards = list(Card.objects.filter(pk__in=[int(part) for part in ids]))
         missing = sorted({int(part) for part in ids} - {card.pk for card in cards})
