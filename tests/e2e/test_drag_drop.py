@@ -1,6 +1,7 @@
 """Drag and drop in a real browser: a Backlog card dropped on In Progress starts and runs, live; two
 Backlog cards reordered keep their order after a reload; a drop on Done is refused with the reason
-shown on the card, which goes back to its column. The server decides every drop."""
+shown on the card, which goes back to its column; a card waiting for another shows it and is not
+started by a drop. The server decides every drop."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def test_cards_are_dragged_between_and_within_columns_by_the_server_s_rules(boar
     project = board.manage("project", "add", str(repo), "--name", "dnd").strip().splitlines()[-1]
     board.manage("agent", "add", "e2e-dragged", "--command", "sleep 1; echo dragged > DRAGGED.md; echo wrote DRAGGED.md")
 
-    def add(title: str) -> int:
-        out = board.manage("card", "add", "--project", project, "--title", title, "--agent", "e2e-dragged")
+    def add(title: str, *extra: str) -> int:
+        out = board.manage("card", "add", "--project", project, "--title", title, "--agent", "e2e-dragged", *extra)
         return int(out.strip().splitlines()[-1])
 
     first, second, third = add("Dragged to In Progress"), add("Second in line"), add("Third in line")
@@ -82,5 +83,15 @@ def test_cards_are_dragged_between_and_within_columns_by_the_server_s_rules(boar
     expect(back.locator(".error")).to_contain_text("reaches Done only by landing")
     expect(page.locator(f"#list-done #card-{second}")).to_have_count(0)
     assert ids_in(page, "backlog") == [third, second]
+
+    # A card that waits for another says so, and a drop on In Progress is refused with what it
+    # waits for.
+    waiting = add("Waits for the second", "--waits-for", str(second), "--start-when-ready")
+    card = page.locator(f"#list-backlog #card-{waiting}")
+    expect(card.locator(".waits")).to_contain_text(f"waits for #{second}")
+    with page.expect_response(lambda r: r.url.endswith(f"/cards/{waiting}/drop")) as answer:
+        drag(page, card, target["x"] + target["width"] / 2, target["y"] + 20)
+    assert answer.value.status == 409
+    expect(page.locator(f"#list-backlog #card-{waiting} .error")).to_contain_text(f"waits for #{second}")
     page.screenshot(path=str(OUTPUT_DIR / "drag-drop-board.png"), full_page=True)
     assert not page_errors, page_errors
