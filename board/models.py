@@ -459,11 +459,12 @@ class Card(models.Model):
 
     def start_ready_dependents(self) -> list[Card]:
         """Start every card waiting for this one that asked to start by itself and waits for
-        nothing else now (all its dependencies done), and is idle outside Done. Returns the cards
-        started; a card that may not start (no agent, no model…) is left where it is, the reason
-        recorded as an event on it rather than raised: the landing that called this has happened."""
+        nothing else now (all its dependencies done), and is idle in the Backlog (a card moved on
+        by hand meanwhile is the lead's again). Returns the cards started; a card that may not start
+        (no agent, no model…) is left where it is, the reason recorded as an event on it rather than
+        raised: the landing that called this has happened."""
         started = []
-        candidates = self.dependents.filter(start_when_ready=True).exclude(column=Column.DONE)
+        candidates = self.dependents.filter(start_when_ready=True, column=Column.BACKLOG)
         for card in candidates.select_related("agent", "project"):
             if card.waiting_for or card.runs.filter(state__in=ACTIVE_STATES).exists():
                 continue

@@ -155,3 +155,13 @@ def test_card_add_waits_for_cards_from_the_shell_and_refuses_junk(make_card, pro
             call_command("card", "add", "--project", str(project.pk), "--title", "Junk", "--agent", first.agent.name,
                          "--waits-for", junk, stdout=StringIO())
     assert Card.objects.count() == count, "a refused card is not added"
+
+
+def test_only_backlog_cards_start_by_themselves(make_card, django_capture_on_commit_callbacks):
+    first, failed = make_card(title="first"), make_card("exit 1", title="failed already")
+    runner.execute(failed.start().pk)
+    failed.set_dependencies([first], True)
+    with django_capture_on_commit_callbacks(execute=True):
+        first.mark_done()
+    failed.refresh_from_db()
+    assert failed.column == Column.IN_PROGRESS and failed.current_run.state == RunState.FAILED, "left to the lead"
