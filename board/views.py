@@ -72,7 +72,7 @@ def board_context(project: Project, oob: bool = False) -> dict:
     # for a thousand cards, they were most of a render's time (bench/board_render.py).
     # Read before the cards: the page then shows every change up to this event (BoardConsumer).
     last_event = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    cards = list(project.cards.select_related("agent", "current_run").prefetch_related("depends_on")
+    cards = list(project.cards.select_related("current_run").prefetch_related("agent", "depends_on")
                  .defer(*BOARD_DEFERRED))
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}

@@ -192,3 +192,43 @@ async def test_a_board_page_that_says_nothing_or_junk_gets_the_whole_board(make_
     first = await communicator.receive_from(timeout=RESUME_WAIT + 3)
     assert 'id="columns"' in first and f'id="card-{card.pk}"' in first
     await communicator.disconnect()
+
+
+# --- Cards kept rendered per process (board_tags.cached_card) -----------------------------------
+
+
+def test_a_card_kept_rendered_shows_every_change_of_its_run_its_agent_and_what_it_waits_for(client, project, make_card):
+    card, first = make_card(title="Later"), make_card(title="First")
+    card.depends_on.add(first)
+    run = Run.objects.create(card=card, agent=card.agent, state=RunState.FAILED, error="It broke at step one",
+                             started_at=timezone.now(), ended_at=timezone.now())
+    Card.objects.filter(pk=card.pk).update(current_run=run)
+    url = f"/projects/{project.pk}/"
+    page = client.get(url).content.decode()
+    assert "It broke at step one" in page and f'<a href="/cards/{first.pk}/">#{first.pk}</a>' in page
+    def cards(html: str) -> str:
+        return html[html.index("<article"):html.rindex("</article>")]
+
+    assert cards(client.get(url).content.decode()) == cards(page)  # unchanged: the same cards
+    Run.objects.filter(pk=run.pk).update(error="It broke at step two")
+    assert "It broke at step two" in client.get(url).content.decode()
+    Agent.objects.filter(pk=card.agent_id).update(name="renamed-agent")
+    assert "renamed-agent" in client.get(url).content.decode()
+    Card.objects.filter(pk=first.pk).update(column=Column.DONE)
+    assert f'<a href="/cards/{first.pk}/">#{first.pk}</a>' not in client.get(url).content.decode()
+
+
+def test_a_card_waiting_for_the_lead_carries_each_request_s_own_csrf_token(project, make_card):
+    card = make_card()
+    run = Run.objects.create(card=card, agent=card.agent, state=RunState.AWAITING_APPROVAL, started_at=timezone.now(),
+                             pending={"kind": "question", "detail": "Which one?"})
+    Card.objects.filter(pk=card.pk).update(current_run=run, column=Column.IN_PROGRESS)
+    tokens = set()
+    for _ in range(2):
+        fresh = Client(HTTP_HOST="127.0.0.1", enforce_csrf_checks=True)
+        page = fresh.get(f"/projects/{project.pk}/").content.decode()
+        assert "Which one?" in page
+        start = page.index('name="csrfmiddlewaretoken" value="', page.index("Which one?")) + 34
+        tokens.add(page[start:page.index('"', start)])
+        assert page[start:page.index('"', start)] != ""
+    assert len(tokens) == 2

@@ -1,6 +1,8 @@
 """Template filters of the board's own."""
 
 import functools
+import threading
+from collections import OrderedDict
 
 from django import template
 from django.urls import reverse
@@ -54,3 +56,73 @@ def card_url(object_id, name: str) -> str:
     was a sixth of the render (bench/board_render.py). The board is served at the root, so the
     script prefix cached with the pattern does not vary."""
     return _url_pattern(name).replace(str(_URL_SENTINEL), str(int(object_id)))
+
+
+# --- The board's card fragments, kept per process --------------------------------------------
+
+CARD_CACHE_SIZE = 5000  # rendered cards kept (about 1 KB each)
+_card_cache: OrderedDict[str, str] = OrderedDict()
+_card_cache_lock = threading.Lock()
+
+
+def _values(obj) -> tuple:
+    """Every loaded field of a model instance (what a template could read from it)."""
+    return tuple(value for name, value in obj.__dict__.items() if not name.startswith("_"))
+
+
+def card_fingerprint(context) -> str | None:
+    """What the card partial's output depends on, as a string: every loaded field of the card, its
+    current run, its agent and the cards it depends on, the run's place in the queue and the
+    oob flag. None when the output must not be kept: a card without its run, agent or
+    dependencies read in advance (a push, which renders a card that changed anyway), a card
+    with an error, a queued card (its place reads the project) and one waiting for the lead (its
+    forms hold this request's CSRF token)."""
+    card = context.get("card")
+    if card is None or context.get("error"):
+        return None
+    cached = card._state.fields_cache
+    deps = getattr(card, "_prefetched_objects_cache", {}).get("depends_on")
+    if "current_run" not in cached or "agent" not in cached or deps is None:
+        return None
+    run = cached["current_run"]
+    if run is not None and run.state in ("queued", "awaiting_approval"):
+        return None
+    agent = cached["agent"]
+    return repr((
+        bool(context.get("oob")), _values(card), run and _values(run), agent and _values(agent),
+        [_values(dep) for dep in deps],
+    ))
+
+
+class CachedCardNode(template.Node):
+    def __init__(self, nodelist):
+        self.nodelist = nodelist
+
+    def render(self, context):
+        key = card_fingerprint(context)
+        if key is None:
+            return self.nodelist.render(context)
+        with _card_cache_lock:
+            html = _card_cache.get(key)
+            if html is not None:
+                _card_cache.move_to_end(key)
+                return html
+        html = self.nodelist.render(context)
+        with _card_cache_lock:
+            _card_cache[key] = html
+            while len(_card_cache) > CARD_CACHE_SIZE:
+                _card_cache.popitem(last=False)
+        return html
+
+
+@register.tag
+def cached_card(parser, token):
+    """``{% cached_card %}…{% endcached_card %}`` around the board's card: the same card, unchanged,
+    is rendered once per process and then reused (card_fingerprint says when it is the same).
+    Rendering a thousand cards through the template engine took most of a board's render
+    (bench/board_render.py); a board mostly shows cards that did not change since the last
+    render. Whatever the card's HTML shows must come from the card, its run, its agent, its
+    dependencies, the queue or the oob flag, or the fingerprint must say so."""
+    nodelist = parser.parse(("endcached_card",))
+    parser.delete_first_token()
+    return CachedCardNode(nodelist)
