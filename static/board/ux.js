@@ -116,7 +116,10 @@
     if (e.key === "Escape") {
       var help = document.getElementById("keys-help");
       if (help && help.open) { help.close(); e.preventDefault(); return; }
-      if (typing(e.target)) { e.target.blur(); return; }
+      if (typing(e.target)) {  // other fields keep their own Esc (review.js closes a comment form)
+        if (e.target.id === "board-search") e.target.blur();
+        return;
+      }
       selectCard(null);
       return;
     }
