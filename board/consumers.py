@@ -87,7 +87,8 @@ class BoardConsumer(AsyncWebsocketConsumer):
         """The project's cards with events after ``since`` (and its queued cards when runs changed
         state anywhere), those of them that changed column, and the ids in ``shown`` that are no
         longer the project's cards."""
-        rows = list(Event.objects.filter(project_id=self.project_id, id__gt=since).values_list("card_id", "kind"))
+        # Distinct pairs: a page back after a flood of output must not read one row per event.
+        rows = list(Event.objects.filter(project_id=self.project_id, id__gt=since).values_list("card_id", "kind").order_by().distinct())
         changed = {card_id for card_id, _ in rows}
         moved = {card_id for card_id, kind in rows if kind == "card"}
         if Event.objects.filter(id__gt=since, kind="state").exists():
