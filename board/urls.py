@@ -8,6 +8,7 @@ urlpatterns = [
     path("projects/<int:project_id>/", views.board, name="board"),
     path("projects/<int:project_id>/cards/", views.card_create, name="card_create"),
     path("cards/<int:card_id>/", views.card_detail, name="card_detail"),
+    path("cards/<int:card_id>/drawer", views.card_drawer, name="card_drawer"),
     path("cards/<int:card_id>/start", views.card_start, name="card_start"),
     path("cards/<int:card_id>/stop", views.card_stop, name="card_stop"),
     path("cards/<int:card_id>/delete", views.card_delete, name="card_delete"),

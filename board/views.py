@@ -203,6 +203,17 @@ def card_detail(request, card_id):
     return _remember_view(request, response)
 
 
+def card_drawer(request, card_id):
+    """The card's drawer on the board: the card page's own partials in four tabs (Activity,
+    Diff, Checkpoints, Settings), with its own socket to the card; 404 for an unknown card."""
+    card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    context = card_context(card, ("header", "log", "commits", "diff", "runs", "page"))
+    # The board's new-card form names its fields id_title, id_agent…: the drawer's settings form
+    # must not repeat those ids on the same page.
+    context["settings_form"].auto_id = "drawer-%s"
+    return render(request, "board/_drawer.html", context)
+
+
 # --- Review: the diff, its pages and views, comments on its lines -----------------------------
 
 

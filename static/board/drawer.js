@@ -1,0 +1,93 @@
+// The card's drawer on the board: opening a card (its title, or Enter on the selected card) loads
+// /cards/<id>/drawer beside the columns, and ?card=<id> in the address reopens it after a reload.
+// The drawer holds its own socket to the card; closing swaps it out through htmx, whose clean-up
+// closes that socket (a plain remove() would leave it open).
+(function () {
+  function slot() {
+    var el = document.getElementById("drawer-slot");
+    if (!el && document.getElementById("columns")) {
+      el = document.createElement("div");
+      el.id = "drawer-slot";
+      document.querySelector("main").appendChild(el);
+    }
+    return el;
+  }
+  function setAddress(cardId) {
+    var url = new URL(location.href);
+    if (cardId) url.searchParams.set("card", cardId); else url.searchParams.delete("card");
+    history.replaceState(history.state, "", url);
+  }
+  var opener = null;  // where focus goes back to when the drawer closes
+  function open(cardId) {
+    var target = slot();
+    if (!target || !/^\d+$/.test(String(cardId))) return;
+    opener = document.activeElement;
+    setAddress(cardId);
+    htmx.ajax("GET", "/cards/" + cardId + "/drawer", {target: target, swap: "innerHTML"}).then(function () {
+      var tab = target.querySelector('[role="tab"][aria-selected="true"]');
+      if (tab) tab.focus();
+    });
+  }
+  function close() {
+    var target = document.getElementById("drawer-slot");
+    if (!target || !target.firstChild) return;
+    htmx.swap(target, "", {swapStyle: "innerHTML"});
+    setAddress(null);
+    if (opener && document.contains(opener)) opener.focus();
+  }
+  function isOpen() { return !!document.getElementById("drawer"); }
+
+  function select(tab) {
+    var tabs = tab.closest('[role="tablist"]').querySelectorAll('[role="tab"]');
+    tabs.forEach(function (t) {
+      var on = t === tab;
+      t.setAttribute("aria-selected", on ? "true" : "false");
+      t.tabIndex = on ? 0 : -1;
+      var panel = document.getElementById(t.getAttribute("aria-controls"));
+      if (panel) panel.hidden = !on;
+    });
+    tab.focus();
+  }
+
+  document.addEventListener("click", function (e) {
+    if (!e.target.closest) return;
+    var title = e.target.closest("#columns a.card-title");
+    // A click with a modifier still opens the card's own page (in a new tab, as the lead asked).
+    if (title && !(e.ctrlKey || e.metaKey || e.shiftKey || e.button)) {
+      e.preventDefault();
+      open(title.closest("article.card").id.slice(5));
+      return;
+    }
+    var tab = e.target.closest('#drawer [role="tab"]');
+    if (tab) { select(tab); return; }
+    if (e.target.closest("#drawer .drawer-close")) close();
+  });
+
+  document.addEventListener("keydown", function (e) {
+    var tab = e.target.closest && e.target.closest('#drawer [role="tab"]');
+    if (tab) {
+      var tabs = Array.prototype.slice.call(tab.parentNode.querySelectorAll('[role="tab"]'));
+      var i = tabs.indexOf(tab), next = null;
+      if (e.key === "ArrowRight") next = tabs[(i + 1) % tabs.length];
+      else if (e.key === "ArrowLeft") next = tabs[(i - 1 + tabs.length) % tabs.length];
+      else if (e.key === "Home") next = tabs[0];
+      else if (e.key === "End") next = tabs[tabs.length - 1];
+      if (next) { select(next); e.preventDefault(); return; }
+    }
+    var t = e.target, typing = t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || "");
+    if (e.key === "Escape") {
+      // ux.js closes the list of keys first (and says so with preventDefault); a field keeps its Esc.
+      if (isOpen() && !typing && !e.defaultPrevented) { close(); e.preventDefault(); }
+      return;
+    }
+    if (e.key === "Enter" && !typing && !e.defaultPrevented && !(t.closest && t.closest("a, button, form, #drawer"))) {
+      var card = (t.closest && t.closest("#columns article.card")) || document.querySelector("#columns article.card.selected");
+      if (card) { open(card.id.slice(5)); e.preventDefault(); }
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var cardId = new URLSearchParams(location.search).get("card");
+    if (cardId && document.getElementById("columns")) open(cardId);
+  });
+})();
