@@ -89,7 +89,7 @@ def test_the_board_lands_a_review_card_with_its_button_and_refuses_twice_with_40
     idle = make_card(title="Not started")
     board = client.get(f"/projects/{project.pk}/").content.decode()
     assert board.count('class="land"') == 1, "only the Review card has a Land button"
-    assert f'hx-post="/cards/{review_card.pk}/land"' in board and f'hx-post="/cards/{idle.pk}/land"' not in board
+    assert f'data-post="/cards/{review_card.pk}/land"' in board and f'data-post="/cards/{idle.pk}/land"' not in board
     first = htmx(client, f"/cards/{review_card.pk}/land")
     assert first.status_code == 200
     review_card.refresh_from_db()

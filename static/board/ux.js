@@ -133,7 +133,7 @@
       if (search) { search.focus(); search.select(); e.preventDefault(); }
     } else if (e.key === "s") {
       var card = currentCard();
-      var start = card && card.querySelector('button[hx-post$="/start"]');
+      var start = card && card.querySelector('button[data-post$="/start"]');
       if (start && !start.disabled) { start.click(); e.preventDefault(); }
     }
   });
