@@ -256,6 +256,11 @@ class Card(models.Model):
     def is_running(self) -> bool:
         return self.current_run is not None and self.current_run.state in ACTIVE_STATES
 
+    def has_active_run(self) -> bool:
+        """Whether any run of the card is queued, running or awaiting approval, read from the
+        database (not from ``current_run``, which a caller may hold stale)."""
+        return self.runs.active().exists()
+
     def model_settings(self) -> dict:
         """The built-in agent's model for this card: ``{"model", "api_base", "api_key_env",
         "source"}`` from the card's override if it names a model, else the project's, else the
@@ -322,7 +327,7 @@ class Card(models.Model):
         with transaction.atomic():
             card = Card.objects.select_related("agent", "project", "current_run").get(pk=self.pk)
             fields, data = new_run(card)
-            if card.runs.filter(state__in=ACTIVE_STATES).exists():
+            if card.has_active_run():
                 raise BoardError("This card is already running.")
             if card.column == Column.DONE:
                 raise BoardError("This card is done; create a new card for more work.")
@@ -388,14 +393,8 @@ class Card(models.Model):
         if column == Column.IN_PROGRESS:
             self.start()
         elif column == Column.BACKLOG:
-            with transaction.atomic():
-                card = Card.objects.select_for_update().get(pk=self.pk)
-                if card.column == Column.DONE:
-                    raise BoardError("This card is done; create a new card for more work.")
-                if card.runs.filter(state__in=ACTIVE_STATES).exists():
-                    raise BoardError("This card is running: stop it before moving it back to the Backlog.")
-                card.move_to(Column.BACKLOG)
-            self.refresh_from_db()
+            self._move_when_idle(Column.BACKLOG, "This card is done; create a new card for more work.",
+                                 "This card is running: stop it before moving it back to the Backlog.")
         elif column == Column.REVIEW:
             raise BoardError("A card reaches Review only when a run of its agent succeeds; start it instead.")
         else:
@@ -406,15 +405,23 @@ class Card(models.Model):
         answered, a branch kept aside). Cards waiting for it may then start by themselves
         (``start_ready_dependents``, after the commit). Raises BoardError while a run is active or
         when the card is done already."""
+        self._move_when_idle(Column.DONE, "This card is done already.",
+                             "This card is running: stop it or let it end before marking it done.")
+
+    def _move_when_idle(self, column: str, done_reason: str, running_reason: str) -> None:
+        """Move the card to ``column`` by hand, with the card locked: refused (BoardError) with
+        ``done_reason`` when it is done, ``running_reason`` while a run is active. Into Done, it
+        says it was marked done and lets cards waiting for it start, once that commits."""
         with transaction.atomic():
             card = Card.objects.select_for_update().get(pk=self.pk)
             if card.column == Column.DONE:
-                raise BoardError("This card is done already.")
-            if card.runs.filter(state__in=ACTIVE_STATES).exists():
-                raise BoardError("This card is running: stop it or let it end before marking it done.")
-            card.move_to(Column.DONE)
-            Event.record(card, None, "card", "marked done", {})
-            transaction.on_commit(card.start_ready_dependents)
+                raise BoardError(done_reason)
+            if card.has_active_run():
+                raise BoardError(running_reason)
+            card.move_to(column)
+            if column == Column.DONE:
+                Event.record(card, None, "card", "marked done", {})
+                transaction.on_commit(card.start_ready_dependents)
         self.refresh_from_db()
 
     @property
@@ -466,7 +473,7 @@ class Card(models.Model):
         started = []
         candidates = self.dependents.filter(start_when_ready=True, column=Column.BACKLOG)
         for card in candidates.select_related("agent", "project"):
-            if card.waiting_for or card.runs.filter(state__in=ACTIVE_STATES).exists():
+            if card.waiting_for or card.has_active_run():
                 continue
             try:
                 card.start()
@@ -570,7 +577,7 @@ class Card(models.Model):
             raise BoardError(f"This card has already landed as {self.landed_commit[:10]}.")
         if not self.branch:
             raise BoardError(f"Nothing to {doing}: the card has no branch yet; start it first.")
-        active = self.runs.filter(state__in=ACTIVE_STATES).values_list("state", flat=True).first()
+        active = self.runs.active().values_list("state", flat=True).first()
         if active:
             raise BoardError(
                 f"A run of this card is still {RunState(active).label}: wait for it to end or stop it, then {doing}."
@@ -685,7 +692,7 @@ class Card(models.Model):
             card = Card.objects.select_for_update().select_related("project", "agent").get(pk=self.pk)
             if card.column == Column.DONE:
                 raise BoardError("This card is done; create a new card for more work.")
-            if card.column != Column.BACKLOG or card.runs.filter(state__in=ACTIVE_STATES).exists():
+            if card.column != Column.BACKLOG or card.has_active_run():
                 raise BoardError(f"Only a card in the Backlog starts on several agents at once; this one is in "
                                  f"{card.get_column_display()}.")
             endpoint = card.model_settings()  # a model string is served where the card's model is
@@ -730,7 +737,7 @@ class Card(models.Model):
         landed = [card for card in others if card.landed_commit]
         if landed:
             raise BoardError(f"Card #{landed[0].pk} of this group has landed already: the choice was made.")
-        running = [card for card in others if card.runs.filter(state__in=ACTIVE_STATES).exists()]
+        running = [card for card in others if card.has_active_run()]
         if running:
             names = ", ".join(f"#{card.pk} ({card.variant_label})" for card in running)
             raise BoardError(f"Still running: {names}. Stop {'them' if len(running) > 1 else 'it'} or wait for the "
