@@ -339,15 +339,16 @@ def landed_as_one_commit(card) -> bool:
     return bool(event and event.data.get("mode") in ("merge", "squash"))
 
 
-def diff_range(card, commit: str = "") -> tuple[str, str]:
+def diff_range(card, commit: str = "", landed: bool | None = None) -> tuple[str, str]:
     """``(old, new)`` shas of the card's diff: where its branch left the base branch and the
-    branch's tip, or a checkpoint's parent and the checkpoint. Raises NotInDiff for a commit that
+    branch's tip, a checkpoint's parent and the checkpoint, or the landing commit's change when
+    ``landed`` (``landed_as_one_commit``, read here when None). Raises NotInDiff for a commit that
     is not one of the branch's, worktrees.GitError for the rest (no branch, a missing base)."""
     project = card.project
     try:
         if commit:
             return worktrees.checkpoint_range(project.repo_path, project.base_branch, card.branch, commit)
-        if landed_as_one_commit(card):
+        if landed if landed is not None else landed_as_one_commit(card):
             return worktrees.commit_range(project.repo_path, card.landed_commit)
         return worktrees.branch_range(project.repo_path, project.base_branch, card.branch)
     except worktrees.CommitNotOnBranch as exc:
@@ -365,7 +366,7 @@ def diff_page(card, query: DiffQuery, comments: Iterable | None = None) -> DiffP
         return page
     page.landed_change = not query.commit and landed_as_one_commit(card)
     try:
-        old, new = diff_range(card, query.commit)
+        old, new = diff_range(card, query.commit, landed=page.landed_change)
         files = worktrees.changed_files(card.project.repo_path, old, new)
     except worktrees.GitError as exc:
         page.note = str(exc)
