@@ -121,6 +121,13 @@ class Project(models.Model):
         blank=True,
         help_text="MCP servers whose tools the built-in agent gets, one a line: name: command args, or name: https://url",
     )
+    sandbox_network = models.BooleanField(
+        default=False, help_text="Let sandboxed agent commands reach the network (bubblewrap sandbox only)."
+    )
+    remote_url = models.CharField(
+        max_length=2000, blank=True,
+        help_text="Shared remote that workers on other hosts clone from and push cards' branches to.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -197,6 +204,9 @@ class Card(models.Model):
     position = models.IntegerField(default=0)
     branch = models.CharField(max_length=300, blank=True)
     worktree_path = models.CharField(max_length=4096, blank=True)
+    worktree_host = models.CharField(
+        max_length=255, blank=True, help_text="The worker node whose data folder holds the worktree; empty: this one."
+    )
     worktree_ready = models.BooleanField(
         default=False, help_text="Files copied and setup command done in the worktree; redone until it is."
     )
@@ -906,6 +916,9 @@ class Run(models.Model):
     stop_requested = models.BooleanField(default=False)
     worker_host = models.CharField(max_length=255, blank=True)
     worker_pid = models.IntegerField(null=True, blank=True)
+    sandboxed = models.BooleanField(
+        null=True, blank=True, help_text="Whether the agent's commands ran in a bubblewrap sandbox; empty: not known yet."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -1273,3 +1286,121 @@ class Event(models.Model):
         return cls.objects.create(
             card_id=card.pk, run=run, project_id=card.project_id, seq=0, kind=kind, text=text, data=data or {}
         )
+
+
+# --- Team-server mode: people, roles, audit, API tokens, webhooks ------------------------------
+
+
+class Role(models.TextChoices):
+    """What a person may do in one project; each role may do all the roles before it may."""
+
+    VIEWER = "viewer", "Viewer (reads)"
+    MEMBER = "member", "Member (creates, starts, stops, follows up)"
+    MAINTAINER = "maintainer", "Maintainer (lands, deletes, changes settings)"
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.MEMBER: 2, Role.MAINTAINER: 3}
+
+
+class Membership(models.Model):
+    """A person's role in one project. Superusers are maintainers of every project without one."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project_id", "user_id"]
+        constraints = [models.UniqueConstraint(fields=["user", "project"], name="membership_user_project")]
+
+    def __str__(self):
+        return f"{self.user} is {self.role} of {self.project}"
+
+
+class AuditEntry(models.Model):
+    """Who did what, and when: one row per start, stop, approval, landing, deletion or settings
+    change. ``actor`` keeps the name even after the user is deleted; ``card_title`` after the card."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor = models.CharField(max_length=150, help_text="The user's name, 'local' without a login, or 'api:<token>'.")
+    action = models.CharField(max_length=40, db_index=True)
+    project = models.ForeignKey(Project, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit")
+    card_id_ref = models.BigIntegerField(null=True, blank=True, help_text="The card's id; the card may be gone.")
+    card_title = models.CharField(max_length=300, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.actor} {self.action} {self.card_title or self.project_id}"
+
+
+class ApiToken(models.Model):
+    """A token a machine uses for the REST API, acting as ``user``. Only a SHA-256 of the token is
+    stored; the token itself is shown once, when made."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+
+class WebhookEvent(models.TextChoices):
+    """Card events a webhook may be told about."""
+
+    APPROVAL = "approval", "Needs approval"
+    FAILED = "failed", "Failed"
+    REVIEW = "review", "Ready for review"
+    LANDED = "landed", "Landed"
+
+
+class Webhook(models.Model):
+    """A URL the board POSTs a JSON payload to on the chosen card events of one project."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=2000)
+    events = models.JSONField(default=list, blank=True, help_text="WebhookEvent values; empty: all of them.")
+    slack = models.BooleanField(default=False, help_text="Send Slack's form ({\"text\": …}) instead of the board's JSON.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project_id", "id"]
+
+    def __str__(self):
+        return self.url
+
+
+class WebhookDelivery(models.Model):
+    """One POST of one event to one webhook, retried with backoff until delivered or given up."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Given up"
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=20, choices=WebhookEvent.choices)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    response_status = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
