@@ -199,3 +199,11 @@ LOGGING = {
         "LiteLLM": {"level": "CRITICAL"},
     },
 }
+
+# Team-server mode (issue 8). Bound to loopback, the board is one local user's and needs no login;
+# bound to any other address it must know who is who (README, "Sharing it").
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+BOARD_LOGIN_REQUIRED = env.bool("BOARD_LOGIN_REQUIRED", default=BOARD_HOST not in _LOOPBACK)
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
