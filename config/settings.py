@@ -104,6 +104,15 @@ DATABASES = {
         "TEST": {"NAME": str(DATA_DIR / "test.sqlite3")},
     }
 }
+# Team-server mode: DATABASE_URL (such as postgres://board@127.0.0.1:5432/board) replaces SQLite
+# with PostgreSQL (psycopg 3), which several worker processes and hosts can share.
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if DATABASE_URL:
+    DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+    # Connections are reused by the long-lived workers and the web process, and checked first,
+    # since PostgreSQL may have been restarted under them.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # django-q2 keeps cluster statistics in the cache; a file cache is shared by every process on the
