@@ -207,11 +207,35 @@ def card_drawer(request, card_id):
     """The card's drawer on the board: the card page's own partials in four tabs (Activity,
     Diff, Checkpoints, Settings), with its own socket to the card; 404 for an unknown card."""
     card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
+    return render(request, "board/_drawer.html", _drawer_context(card))
+
+
+def _drawer_context(card: Card, settings_form: CardSettingsForm | None = None) -> dict:
     context = card_context(card, ("header", "log", "commits", "diff", "runs", "page"))
+    if settings_form is not None:
+        context["settings_form"] = settings_form
     # The board's new-card form names its fields id_title, id_agent…: the drawer's settings form
     # must not repeat those ids on the same page.
     context["settings_form"].auto_id = "drawer-%s"
-    return render(request, "board/_drawer.html", context)
+    return context
+
+
+def _in_drawer(request) -> bool:
+    """Whether a form inside the board's card drawer posted this (drawer.js posts them with htmx
+    into #drawer-slot): its answer is then the drawer again, not a redirect to the card's page."""
+    return bool(request.htmx) and request.htmx.target == "drawer-slot"
+
+
+def _drawer_answer(request, card_id: int, error: str = "", note: str = "", status: int | None = None,
+                   settings_form: CardSettingsForm | None = None):
+    """The drawer re-rendered after one of its forms posted, with ``error`` (a refusal: status 409
+    unless ``status`` says otherwise) or ``note`` at its top; ``settings_form``: the card settings
+    form as sent, with its errors."""
+    card = Card.objects.select_related("project", "agent", "current_run").get(pk=card_id)
+    context = {**_drawer_context(card, settings_form), "drawer_error": error, "drawer_note": note, "drawer_answer": True}
+    return render(request, "board/_drawer.html", context, status=status or (409 if error else 200))
+
+
 
 
 # --- Review: the diff, its pages and views, comments on its lines -----------------------------
@@ -366,6 +390,8 @@ def _card_action(request, card_id: int, action: str, *args):
 
 
 def _card_answer(request, card_id: int, error: str = "", note: str = ""):
+    if _in_drawer(request):
+        return _drawer_answer(request, card_id, error, note)
     card = Card.objects.select_related("project", "agent", "current_run").get(pk=card_id)
     if request.htmx:
         context = {"card": card, "error": error, "queue": queue_places([card.current_run])}
@@ -443,13 +469,14 @@ def run_decide(request, run_id):
 def card_settings(request, card_id):
     card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
     if card.is_running:
-        messages.error(request, "Stop the card before changing its settings; a run keeps the settings it started with.")
-        return redirect("card_detail", card_id=card.pk)
+        return _card_answer(request, card.pk, "Stop the card before changing its settings; a run keeps the settings it started with.")
     form = CardSettingsForm(request.POST, instance=card)
     if form.is_valid():
         form.save()
-        messages.success(request, "Card settings saved; the next run uses them.")
-        return redirect("card_detail", card_id=card.pk)
+        return _card_answer(request, card.pk, note="Card settings saved; the next run uses them.")
+    if _in_drawer(request):
+        return _drawer_answer(request, card.pk, "The settings were not saved: see the fields below.", status=422,
+                              settings_form=form)
     context = card_context(card)
     context["settings_form"] = form
     return render(request, "board/card_detail.html", context, status=422)
@@ -669,8 +696,14 @@ def card_delete(request, card_id):
     try:
         note = runner.delete_card(card, delete_branch=request.POST.get("delete_branch") == "on")
     except (BoardError, worktrees.GitError) as exc:
+        if _in_drawer(request):
+            return _drawer_answer(request, card_id, f"The card was not deleted: {exc}")
         messages.error(request, f"The card was not deleted: {exc}")
         return redirect("card_detail", card_id=card_id)
+    if _in_drawer(request):
+        # The drawer says so in its place, and the board's tile goes at once (the push follows).
+        context = {"card_id": card_id, "note": note}
+        return render(request, "board/_drawer.html#deleted", context)
     messages.success(request, f"Card #{card_id} deleted. {note}")
     return redirect("board", project_id=project_id)
 

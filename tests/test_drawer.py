@@ -52,3 +52,75 @@ def test_the_drawer_and_the_board_page_have_no_element_id_in_common(client, make
 
     assert not set(ids(board)) & set(ids(drawer))
     assert [i for i, n in Counter(ids(drawer)).items() if n > 1] == []
+
+
+# Forms inside the drawer post with htmx into #drawer-slot (drawer.js) and get the drawer back.
+DRAWER = {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "drawer-slot"}
+
+
+def test_a_form_posted_from_the_drawer_answers_the_drawer_not_a_redirect(client, make_card):
+    card = make_card(title="Finish me")
+
+    response = client.post(f"/cards/{card.pk}/mark-done", **DRAWER)
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="drawer"' in html and 'role="tab"' in html
+    assert "drawer-message" not in html
+    card.refresh_from_db()
+    assert card.column == "done"
+
+
+def test_a_refusal_in_the_drawer_shows_its_reason_at_the_drawers_top(client, make_card):
+    card = make_card(title="Done already")
+    card.mark_done()
+
+    response = client.post(f"/cards/{card.pk}/mark-done", **DRAWER)
+
+    html = response.content.decode()
+    assert response.status_code == 409
+    assert re.search(r'id="drawer-message"[^>]*role="alert">This card is done already\.<', html)
+    assert 'id="drawer"' in html
+
+
+def test_card_settings_saved_from_the_drawer_stay_in_the_drawer_with_a_note(client, make_card):
+    card = make_card(title="Settle me")
+
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "max_steps": "7"}, **DRAWER)
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Card settings saved; the next run uses them." in html
+    assert 'id="drawer-max_steps"' in html and 'value="7"' in html
+    card.refresh_from_db()
+    assert card.max_steps == 7
+
+
+def test_bad_card_settings_from_the_drawer_come_back_with_their_errors_in_the_drawer(client, make_card):
+    card = make_card(title="Settle me badly")
+
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "max_steps": "0"}, **DRAWER)
+
+    html = response.content.decode()
+    assert response.status_code == 422
+    assert "The settings were not saved" in html and "at least 1" in html
+    assert 'id="drawer"' in html
+
+
+def test_deleting_from_the_drawer_says_so_there_and_takes_the_tile_off_the_board(client, make_card):
+    card = make_card(title="Delete me")
+
+    response = client.post(f"/cards/{card.pk}/delete", **DRAWER)
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert f"Card #{card.pk} deleted." in html
+    assert f'<div id="card-{card.pk}" hx-swap-oob="delete"></div>' in html
+
+
+def test_the_same_forms_outside_the_drawer_still_redirect_to_the_card_page(client, make_card):
+    card = make_card(title="Page forms")
+
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act"})
+
+    assert response.status_code == 302 and response["Location"] == f"/cards/{card.pk}/"

@@ -63,6 +63,29 @@
     if (e.target.closest("#drawer .drawer-close")) close();
   });
 
+  // The drawer's forms (follow-up, approvals, land, settings, roll back, delete…) are the card page's
+  // plain forms: here they post with htmx into the drawer, whose views then answer the drawer
+  // again (views._drawer_answer), a refusal with its reason at the top, on the tab that was open.
+  // Forms with their own hx-post (review comments) and ones a confirm() cancelled are left alone.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (e.defaultPrevented || !window.htmx || !form.closest || !form.closest("#drawer")) return;
+    if ((form.getAttribute("method") || "").toLowerCase() !== "post" || form.hasAttribute("hx-post")) return;
+    e.preventDefault();
+    var values = {};
+    if (e.submitter && e.submitter.name) values[e.submitter.name] = e.submitter.value;
+    var open = document.querySelector('#drawer [role="tab"][aria-selected="true"]');
+    var tabId = open ? open.id : null;
+    var target = slot();
+    htmx.ajax("POST", form.getAttribute("action"), {source: form, target: target, swap: "innerHTML", values: values})
+      .then(function () {
+        var tab = tabId && document.getElementById(tabId);
+        if (tab) select(tab);
+        var message = document.getElementById("drawer-message");
+        if (message && !tab) { message.tabIndex = -1; message.focus(); }
+      });
+  });
+
   document.addEventListener("keydown", function (e) {
     var tab = e.target.closest && e.target.closest('#drawer [role="tab"]');
     if (tab) {

@@ -73,3 +73,36 @@ def test_a_cards_drawer_follows_its_run_live_and_reopens_after_a_reload(board, p
     tile.locator(".card-meta").click()  # selects the card; Enter opens the selected card
     page.keyboard.press("Enter")
     expect(drawer).to_be_visible()
+
+
+def test_the_drawers_forms_answer_in_the_drawer_and_show_a_refusal_there(board, page, tmp_path, output_dir):
+    project = add_project(board, tmp_path / "drawer-forms-repo", "drawer-forms")
+    board.manage("agent", "add", "quiet", "--command", "echo quiet")
+    first = board.manage("card", "add", "--project", project, "--title", "Land me first", "--agent", "quiet").strip().splitlines()[-1]
+    card = board.manage("card", "add", "--project", project, "--title", "Wait in the drawer", "--agent", "quiet",
+                        "--waits-for", first).strip().splitlines()[-1]
+    board_url = f"{board.url}/projects/{project}/"
+
+    page.goto(board_url)
+    page.locator(f"#card-{card} a.card-title").click()
+    drawer = page.get_by_role("dialog", name=f"#{card} Wait in the drawer")
+    expect(drawer).to_be_visible()
+
+    drawer.locator("#card-header").get_by_role("button", name="Start", exact=True).click()
+    alert = drawer.get_by_role("alert")
+    expect(alert).to_contain_text(f"This card waits for #{first}")
+    expect(page).to_have_url(re.compile(rf"/projects/{project}/\?card={card}$"))  # still the board
+
+    drawer.get_by_role("tab", name="Settings").click()
+    drawer.get_by_label("Step budget").fill("9")
+    drawer.get_by_role("button", name="Save card settings").click()
+    expect(drawer.get_by_role("status")).to_have_text("Card settings saved; the next run uses them.")
+    expect(drawer.get_by_role("tab", name="Settings")).to_have_attribute("aria-selected", "true")
+    expect(drawer.get_by_label("Step budget")).to_have_value("9")
+    page.screenshot(path=str(output_dir / "drawer-forms.png"))
+
+    drawer.get_by_role("tab", name="Activity").click()
+    drawer.get_by_role("button", name="Mark done").click()
+    expect(drawer.locator("#card-header")).to_contain_text("Done")
+    expect(page.locator(f"#list-done #card-{card}")).to_be_visible(timeout=15_000)
+    expect(page).to_have_url(re.compile(rf"/projects/{project}/\?card={card}$"))
