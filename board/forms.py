@@ -310,6 +310,8 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
                         "invalid_pk_value": "'%(pk)s' is not a card id."},
     )
     start_by_itself = forms.BooleanField(required=False, label="Start by itself when they have landed")
+    labels = forms.CharField(required=False, max_length=400, label="Labels",
+                             help_text="Comma-separated, such as bug, frontend.")
 
     class Meta:
         model = Card
@@ -342,6 +344,10 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
         if self.instance.pk and not self.is_bound:
             self.initial["waits_for"] = current
             self.initial["start_by_itself"] = self.instance.start_when_ready
+            self.initial["labels"] = ", ".join(self.instance.labels or [])
+
+    def clean_labels(self):
+        return parse_labels(self.cleaned_data.get("labels", ""))
 
     def clean_waits_for(self):
         cards = list(self.cleaned_data["waits_for"])
@@ -359,10 +365,11 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
         return data
 
     def save(self, commit: bool = True) -> Card:
-        """Save the settings and, with ``commit``, the cards this one waits for."""
+        """Save the settings and, with ``commit``, the cards this one waits for and its labels."""
         card = super().save(commit)
         if commit:
             card.set_dependencies(self.cleaned_data["waits_for"], self.cleaned_data["start_by_itself"])
+            card.set_labels(self.cleaned_data["labels"])
         return card
 
 

@@ -1356,6 +1356,43 @@ class ApiToken(models.Model):
     def __str__(self):
         return f"{self.name} ({self.prefix}…)"
 
+    TOKEN_PREFIX = "board_"  # so a leaked token is recognisable (secret scanners, logs)
+    TOUCH_EVERY = 60  # seconds: last_used_at is written at most this often, not on every request
+
+    @staticmethod
+    def hash(secret: str) -> str:
+        """The SHA-256 hex digest of ``secret`` as stored in ``key_hash`` (any string: what a
+        client sent, junk included, hashes without error)."""
+        import hashlib
+
+        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple[ApiToken, str]:
+        """A new token for ``user`` called ``name``: returns the stored row and the secret, which
+        is not kept anywhere and so can be shown only now (``board_`` and 43 URL-safe characters,
+        256 random bits)."""
+        import secrets
+
+        secret = cls.TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name[:100], prefix=secret[:12], key_hash=cls.hash(secret))
+        return token, secret
+
+    @classmethod
+    def authenticate(cls, secret: str) -> ApiToken | None:
+        """The live token whose secret is ``secret`` (its user active), with its user; None for
+        an unknown or revoked one. Marks it used (``last_used_at``), at most once a TOUCH_EVERY."""
+        if not secret or len(secret) > 200:
+            return None
+        token = cls.objects.select_related("user").filter(key_hash=cls.hash(secret), revoked=False).first()
+        if token is None or not token.user.is_active:
+            return None
+        now = timezone.now()
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= cls.TOUCH_EVERY:
+            cls.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
+        return token
+
 
 class WebhookEvent(models.TextChoices):
     """Card events a webhook may be told about."""

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from board.forms import parse_labels
-from board.models import Agent, Card, Column, Project, Run, RunState
+from board.models import Agent, Card, Column, Event, Project, Run, RunState
 
 pytestmark = pytest.mark.django_db
 
@@ -232,3 +232,35 @@ def test_a_card_waiting_for_the_lead_carries_each_request_s_own_csrf_token(proje
         tokens.add(page[start:page.index('"', start)])
         assert page[start:page.index('"', start)] != ""
     assert len(tokens) == 2
+
+
+def test_labels_are_changed_in_the_card_settings_with_the_same_normalisation(client, make_card):
+    card = make_card(title="Relabel me")
+
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "labels": " UI, needs review,ui"})
+
+    assert response.status_code == 302
+    card.refresh_from_db()
+    assert card.labels == ["ui", "needs-review"]
+    page = client.get(f"/cards/{card.pk}/").content.decode()
+    assert 'name="labels" value="ui, needs-review"' in page
+    assert '<span class="label">needs-review</span>' in page
+    assert Event.objects.filter(card_id=card.pk, kind="card", text="labels set").count() == 1
+
+
+def test_too_many_labels_in_the_card_settings_are_refused_and_nothing_changes(client, make_card):
+    card = make_card(title="Keep my labels")
+    card.set_labels(["keep"])
+
+    response = client.post(f"/cards/{card.pk}/settings", {"mode": "act", "labels": ",".join(f"l{i}" for i in range(11))})
+
+    assert response.status_code == 422 and "At most 10 labels" in response.content.decode()
+    card.refresh_from_db()
+    assert card.labels == ["keep"]
+
+
+def test_setting_the_same_labels_again_records_no_event(make_card):
+    card = make_card(title="Same labels")
+    card.set_labels(["a", "b"])
+    card.set_labels(["a", "b"])
+    assert Event.objects.filter(card_id=card.pk, text="labels set").count() == 1

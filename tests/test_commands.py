@@ -195,3 +195,33 @@ def test_card_commands_approve_deny_and_answer_what_a_run_waits_for(project, mon
     run_cmd("card", "deny", str(card_id), "--reason", "shorter")
     run.refresh_from_db()
     assert run.state == "queued"
+
+
+def test_card_add_takes_labels_normalised_as_the_board_form_does(project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    lines = run_cmd("card", "add", "--project", str(project.pk), "--title", "Labelled", "--agent", "echo",
+                    "--labels", " Bug, UI,front end,bug")
+    assert Card.objects.get(pk=int(lines[-1])).labels == ["bug", "ui", "front-end"]
+
+
+def test_card_labels_replaces_a_cards_labels_and_an_empty_text_clears_them(project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    card_id = run_cmd("card", "add", "--project", str(project.pk), "--title", "Relabel", "--agent", "echo",
+                      "--labels", "old")[-1]
+
+    assert run_cmd("card", "labels", card_id, "New, needs review") == [f"Card #{card_id} labels: new, needs-review"]
+    assert Card.objects.get(pk=card_id).labels == ["new", "needs-review"]
+    assert run_cmd("card", "labels", card_id, "") == [f"Card #{card_id} labels: (none)"]
+    assert Card.objects.get(pk=card_id).labels == []
+
+
+def test_card_labels_refuses_too_many_labels_or_an_unknown_card(project):
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    card_id = run_cmd("card", "add", "--project", str(project.pk), "--title", "Few labels", "--agent", "echo")[-1]
+    with pytest.raises(CommandError, match="At most 10 labels"):
+        run_cmd("card", "labels", card_id, ",".join(f"l{i}" for i in range(11)))
+    with pytest.raises(CommandError, match="No card with id 999999"):
+        run_cmd("card", "labels", "999999", "x")
+    with pytest.raises(CommandError, match="At most 10 labels"):
+        run_cmd("card", "add", "--project", str(project.pk), "--title", "Too many", "--agent", "echo",
+                "--labels", ",".join(f"l{i}" for i in range(11)))

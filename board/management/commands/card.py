@@ -1,12 +1,17 @@
 import json
 import time
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from board.forms import CardForm
+from board.forms import CardForm, parse_labels
+from board import access
 from board.management.commands._cli import form_errors
 from board.models import BoardError, Card, Project, RunState
+
+
+SHELL_ACTOR = "shell"  # how the audit log names what was done from the shell
 
 
 def workers_running() -> bool:
@@ -19,7 +24,7 @@ def workers_running() -> bool:
 
 class Command(BaseCommand):
     help = (
-        "Manage cards: add, start/resume/follow-up [--wait], approve/deny/answer what a run waits for, stop, "
+        "Manage cards: add, labels, start/resume/follow-up [--wait], approve/deny/answer what a run waits for, stop, "
         "delete, land [--mode], push [--pr], show --json. With --wait the card's JSON is printed when the run ends (exit 0 when it "
         "succeeded, 1 otherwise) or waits for you (exit 3)."
     )
@@ -36,6 +41,10 @@ class Command(BaseCommand):
                          help="Comma-separated ids of cards of the project that must land (or be marked done) first.")
         add.add_argument("--start-when-ready", action="store_true",
                          help="Start by itself once every card it waits for has landed.")
+        add.add_argument("--labels", default="", help='Comma-separated labels, such as "bug, ui".')
+        labels = sub.add_parser("labels", help='Set a card\'s labels ("bug, ui"; "" for none); prints them.')
+        labels.add_argument("id", type=int)
+        labels.add_argument("labels", help='Comma-separated labels, such as "bug, ui"; "" removes them all.')
         start = sub.add_parser("start", help="Queue a card for the running workers.")
         resume = sub.add_parser("resume", help="Go on with an interrupted, stopped or failed run.")
         follow = sub.add_parser("follow-up", help="Send a card in Review back to its agent with feedback.")
@@ -86,13 +95,14 @@ class Command(BaseCommand):
         if project is None:
             raise CommandError(f"No project with id {options['project']}.")
         form = CardForm({"title": options["title"], "prompt": options["prompt"], "agent": options["agent"],
-                         "mode": options["mode"]})
+                         "mode": options["mode"], "labels": options["labels"]})
         if not form.is_valid():
             raise form_errors(form)
         waits_for = self._waits_for(options["waits_for"])
         with transaction.atomic():
             card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
                                form.cleaned_data["mode"] or "act")
+            card.set_labels(form.cleaned_data["labels"])
             if waits_for or options["start_when_ready"]:
                 try:
                     card.set_dependencies(waits_for, options["start_when_ready"])
@@ -102,6 +112,16 @@ class Command(BaseCommand):
         self.stdout.write(f"Added card '{card.title}' to {project.name}'s Backlog"
                           + (f", waiting for {', '.join(f'#{c.pk}' for c in waits_for)}" if waits_for else ""))
         self.stdout.write(str(card.pk))
+
+    def do_labels(self, options):
+        """Replace the card's labels, normalised as the board's card form does (parse_labels)."""
+        card = self._card(options["id"])
+        try:
+            labels = parse_labels(options["labels"])
+        except ValidationError as exc:
+            raise CommandError(" ".join(exc.messages)) from exc
+        card.set_labels(labels)
+        self.stdout.write(f"Card #{card.pk} labels: {', '.join(labels) if labels else '(none)'}")
 
     @staticmethod
     def _waits_for(text: str) -> list[Card]:
@@ -116,22 +136,22 @@ class Command(BaseCommand):
         return cards
 
     def do_start(self, options):
-        self._queue(options, lambda card: card.start())
+        self._queue(options, lambda card: card.start(), "start")
 
     def do_resume(self, options):
-        self._queue(options, lambda card: card.resume())
+        self._queue(options, lambda card: card.resume(), "resume")
 
     def do_follow_up(self, options):
-        self._queue(options, lambda card: card.follow_up(options["text"]))
+        self._queue(options, lambda card: card.follow_up(options["text"]), "follow-up")
 
     def do_approve(self, options):
-        self._queue(options, lambda card: self._decide(card, True, options["text"], ("approval", "plan")))
+        self._queue(options, lambda card: self._decide(card, True, options["text"], ("approval", "plan")), "approve")
 
     def do_deny(self, options):
-        self._queue(options, lambda card: self._decide(card, False, options["reason"]))
+        self._queue(options, lambda card: self._decide(card, False, options["reason"]), "deny")
 
     def do_answer(self, options):
-        self._queue(options, lambda card: self._decide(card, True, options["text"], ("question",)))
+        self._queue(options, lambda card: self._decide(card, True, options["text"], ("question",)), "approve")
 
     @staticmethod
     def _decide(card: Card, approved: bool, text: str, kinds: tuple[str, ...] | None = None):
@@ -141,8 +161,9 @@ class Command(BaseCommand):
         run.decide(approved, text, kinds)
         return run
 
-    def _queue(self, options, action):
-        """Do ``action(card)`` (which queues a run and returns it); with --wait, follow the run."""
+    def _queue(self, options, action, audit_as: str):
+        """Do ``action(card)`` (which queues a run and returns it), recorded in the audit log as
+        ``audit_as`` by ``shell``; with --wait, follow the run."""
         if options["timeout"] is not None and options["timeout"] <= 0:
             raise CommandError("--timeout must be a number of seconds above 0.")
         card = self._card(options["id"])
@@ -152,6 +173,7 @@ class Command(BaseCommand):
             run = action(card)
         except BoardError as exc:
             raise CommandError(str(exc)) from exc
+        access.audit(None, audit_as, card=card, actor=SHELL_ACTOR, run=run.pk)
         if not options["wait"]:
             self.stdout.write(f"Card {card.pk} queued as run {run.pk}")
             return
@@ -181,6 +203,7 @@ class Command(BaseCommand):
             card.stop()
         except BoardError as exc:
             raise CommandError(str(exc)) from exc
+        access.audit(None, "stop", card=card, actor=SHELL_ACTOR)
         deadline = time.monotonic() + options["timeout"]
         while card.current_run.is_active and time.monotonic() < deadline:
             time.sleep(0.3)
@@ -193,25 +216,27 @@ class Command(BaseCommand):
         from agents import runner, worktrees
 
         card = self._card(options["id"])
+        gone = Card(pk=card.pk, title=card.title, project_id=card.project_id)  # what the audit log names once it is deleted
         try:
             note = runner.delete_card(card, delete_branch=options["delete_branch"])
         except (BoardError, worktrees.GitError) as exc:
             raise CommandError(str(exc)) from exc
+        access.audit(None, "delete", card=gone, project=card.project, actor=SHELL_ACTOR, delete_branch=options["delete_branch"])
         self.stdout.write(f"Card {options['id']} deleted. {note}")
 
     def do_land(self, options):
         from agents import landing
 
-        self._land_action(options["id"], lambda card: landing.land_card(card, options["mode"]))
+        self._land_action(options["id"], lambda card: landing.land_card(card, options["mode"]), "land")
 
     def do_push(self, options):
         from agents import landing
 
-        self._land_action(options["id"], lambda card: landing.push_card(card, options["pr"]))
+        self._land_action(options["id"], lambda card: landing.push_card(card, options["pr"]), "push")
 
-    def _land_action(self, card_id: int, action) -> None:
-        """Do ``action(card) -> note``; print the card's JSON on stdout whatever happened and the
-        note on stderr, or exit 1 with the reason."""
+    def _land_action(self, card_id: int, action, audit_as: str) -> None:
+        """Do ``action(card) -> note`` (recorded in the audit log as ``audit_as`` when done); print
+        the card's JSON on stdout whatever happened and the note on stderr, or exit 1 with the reason."""
         from agents import worktrees
 
         card = self._card(card_id)
@@ -220,6 +245,8 @@ class Command(BaseCommand):
             note = action(card)
         except (BoardError, worktrees.GitError) as exc:
             error = str(exc)
+        else:
+            access.audit(None, audit_as, card=card, actor=SHELL_ACTOR)
         self.stdout.write(json.dumps(self._card(card_id).as_dict()))
         if error:
             raise CommandError(error)
