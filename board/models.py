@@ -474,6 +474,17 @@ class Card(models.Model):
             self.save(update_fields=["start_when_ready", "updated_at"])
             Event.record(self, None, "card", "dependencies set", {"waits_for": sorted(c.pk for c in cards)})
 
+    def set_labels(self, labels: list[str]) -> None:
+        """Replace the card's labels with ``labels`` (already normalised: board.forms.parse_labels)
+        and tell open boards, whose filters and tiles show them. No event when nothing changed."""
+        labels = list(labels)
+        if labels == list(self.labels or []):
+            return
+        with transaction.atomic():
+            self.labels = labels
+            self.save(update_fields=["labels", "updated_at"])
+            Event.record(self, None, "card", "labels set", {"labels": labels})
+
     def start_ready_dependents(self) -> list[Card]:
         """Start every card waiting for this one that asked to start by itself and waits for
         nothing else now (all its dependencies done), and is idle in the Backlog (a card moved on
