@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from board import relay
+from board import access, relay
 from board.models import Card, Column, Event, Project, RunState
 from board.views import LOG_KINDS, board_context, card_context, queue_places
 
@@ -45,6 +45,9 @@ class BoardConsumer(AsyncWebsocketConsumer):
         self.project_id = self.scope["url_route"]["kwargs"]["project_id"]
         if not await database_sync_to_async(Project.objects.filter(pk=self.project_id).exists)():
             await self.close(code=4404)
+            return
+        if not await database_sync_to_async(access.may_watch)(self.scope, self.project_id):
+            await self.close(code=4403)
             return
         self.last_push: dict[int, float] = {}
         self.later: dict[int, asyncio.Task] = {}
@@ -188,8 +191,12 @@ class CardConsumer(AsyncWebsocketConsumer):
 
     async def connect(self):
         self.card_id = self.scope["url_route"]["kwargs"]["card_id"]
-        if not await database_sync_to_async(Card.objects.filter(pk=self.card_id).exists)():
+        project_id = await database_sync_to_async(Card.objects.filter(pk=self.card_id).values_list("project_id", flat=True).first)()
+        if project_id is None:
             await self.close(code=4404)
+            return
+        if not await database_sync_to_async(access.may_watch)(self.scope, project_id):
+            await self.close(code=4403)
             return
         await self.channel_layer.group_add(relay.card_group(self.card_id), self.channel_name)
         await self.accept()

@@ -9,7 +9,7 @@ from django import forms
 from django.db import models
 
 from agents import worktrees
-from board.models import Agent, Approvals, BoardError, Card, Column, LandMode, Mode, Project, Run
+from board.models import Agent, Approvals, BoardError, Card, Column, LandMode, Mode, Project, Role, Run
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
@@ -586,3 +586,34 @@ def parse_labels(text: str) -> list[str]:
     if long:
         raise forms.ValidationError(f"Keep each label under {MAX_LABEL_CHARS} characters: {long[0][:40]}… is longer.")
     return labels
+
+
+class MemberForm(forms.Form):
+    """Add a person to a project (the Members page, ``manage.py member add``): an existing
+    account's username and a role."""
+
+    username = forms.CharField(max_length=150, help_text="An account made with manage.py createsuperuser or the admin.")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+    def clean_username(self):
+        from django.contrib.auth import get_user_model
+
+        name = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=name).first()
+        if user is None:
+            raise forms.ValidationError(f"No account named '{name}'. Make it first: manage.py createsuperuser, or ask the board's administrator.")
+        self.cleaned_data["user"] = user
+        return name
+
+
+class RoleForm(forms.Form):
+    """Change a member's role, or remove them (``remove`` set)."""
+
+    role = forms.ChoiceField(choices=Role.choices, required=False)
+    remove = forms.BooleanField(required=False)
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("remove") and not data.get("role"):
+            raise forms.ValidationError("Choose a role, or remove the member.")
+        return data

@@ -1328,6 +1328,37 @@ class Membership(models.Model):
     def __str__(self):
         return f"{self.user} is {self.role} of {self.project}"
 
+    @classmethod
+    def grant(cls, user, project: Project, role: str) -> "Membership":
+        """Give ``user`` ``role`` (a Role value) in ``project``, adding the membership or changing
+        it. Raises BoardError for a role that does not exist, or when it would demote the
+        project's last maintainer."""
+        if role not in Role.values:
+            raise BoardError(f"'{role}' is not a role; use one of {', '.join(Role.values)}.")
+        with transaction.atomic():
+            membership = cls.objects.select_for_update().filter(user=user, project=project).first()
+            if membership is None:
+                return cls.objects.create(user=user, project=project, role=role)
+            if role != Role.MAINTAINER and membership.is_last_maintainer():
+                raise BoardError(f"{user} is the last maintainer of {project.name}: make someone else maintainer first.")
+            membership.role = role
+            membership.save(update_fields=["role"])
+            return membership
+
+    def remove(self) -> None:
+        """Take the person out of the project. Raises BoardError for its last maintainer."""
+        with transaction.atomic():
+            if self.is_last_maintainer():
+                raise BoardError(f"{self.user} is the last maintainer of {self.project.name}: make someone else maintainer first.")
+            self.delete()
+
+    def is_last_maintainer(self) -> bool:
+        """Whether this is the project's only maintainer membership (superusers, maintainers of
+        every project without one, do not count: they may leave)."""
+        if self.role != Role.MAINTAINER:
+            return False
+        return not Membership.objects.filter(project_id=self.project_id, role=Role.MAINTAINER).exclude(pk=self.pk).exists()
+
 
 class AuditEntry(models.Model):
     """Who did what, and when: one row per start, stop, approval, landing, deletion or settings

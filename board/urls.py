@@ -1,6 +1,6 @@
 from django.urls import path
 
-from board import views
+from board import people, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -36,6 +36,10 @@ urlpatterns = [
     path("runs/<int:run_id>/decide", views.run_decide, name="run_decide"),
     path("projects/<int:project_id>/settings", views.project_settings, name="project_settings"),
     path("projects/<int:project_id>/start-all", views.project_start_all, name="project_start_all"),
+    # People and permissions (issue 8): a project's members and its audit log, a maintainer's.
+    path("projects/<int:project_id>/members", people.members, name="members"),
+    path("projects/<int:project_id>/members/<int:membership_id>", people.member_change, name="member_change"),
+    path("projects/<int:project_id>/audit", people.audit_log, name="audit_log"),
     path("models/", views.models_page, name="models"),
     path("models/test", views.model_test, name="model_test"),
     path("agents/", views.agents, name="agents"),

@@ -8,6 +8,7 @@ import os
 from django.conf import settings
 from django.contrib import messages
 from django.db.models import Count
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -27,8 +28,8 @@ from board.forms import (
     ProjectSettingsForm,
     SendCommentsForm,
 )
-from board import review
-from board.models import Agent, BoardError, Card, Column, LandMode, Project, Run, RunState
+from board import access, review
+from board.models import Agent, BoardError, Card, Column, LandMode, Project, Role, Run, RunState
 from board.models import DiffComment, Event
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
@@ -39,17 +40,19 @@ DIFF_VIEW_COOKIE = "diff_view"  # the lead's last choice of unified or side-by-s
 
 
 def home(request):
-    projects = Project.objects.annotate(card_count=Count("cards"))
+    projects = access.visible_projects(request.user).annotate(card_count=Count("cards"))
     return render(request, "board/home.html", {"projects": projects, "form": ProjectForm()})
 
 
 @require_POST
+@access.board_manager_required
 def project_create(request):
     form = ProjectForm(request.POST)
     if form.is_valid():
         project = form.save()
+        access.audit(request.user, "project-add", project=project, path=project.repo_path)
         return redirect("board", project_id=project.pk)
-    projects = Project.objects.annotate(card_count=Count("cards"))
+    projects = access.visible_projects(request.user).annotate(card_count=Count("cards"))
     return render(request, "board/home.html", {"projects": projects, "form": form}, status=422)
 
 
@@ -82,6 +85,7 @@ def board_context(project: Project, oob: bool = False) -> dict:
             "last_event": last_event}
 
 
+@access.role_required(Role.VIEWER)
 def board(request, project_id):
     project = get_object_or_404(Project, pk=project_id)
     context = board_context(project)
@@ -89,7 +93,7 @@ def board(request, project_id):
     last = project.cards.filter(agent__enabled=True).order_by("-id").values_list("agent__name", flat=True).first()
     context["form"] = CardForm(initial={"agent": last})
     context.update(board_filters(context["columns"]))
-    context["projects"] = Project.objects.only("id", "name")  # the top bar's switcher
+    context["projects"] = access.visible_projects(request.user).only("id", "name")  # the top bar's switcher
     return render(request, "board/board.html", context)
 
 
@@ -101,6 +105,7 @@ def board_filters(columns: list[dict]) -> dict:
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_create(request, project_id):
     project = get_object_or_404(Project, pk=project_id)
     form = CardForm(request.POST)
@@ -111,6 +116,7 @@ def card_create(request, project_id):
     if form.cleaned_data.get("labels"):
         card.labels = form.cleaned_data["labels"]
         card.save(update_fields=["labels"])
+    access.audit(request.user, "create", card=card, project=project)
     if request.htmx:
         # The new card goes into the Backlog at once; the push that follows replaces it by id.
         form = CardForm(initial={"agent": card.agent.name})
@@ -176,6 +182,7 @@ def card_context(card: Card, parts: tuple[str, ...] = CARD_PARTS, diff: review.D
     return context
 
 
+@access.role_required(Role.VIEWER)
 def card_log(request, card_id):
     """The ``LOG_TAIL`` log lines of run ``run`` before sequence number ``before``, with their own
     "Load earlier" button while more remain (the card page's "Load earlier lines")."""
@@ -190,6 +197,7 @@ def card_log(request, card_id):
     return render(request, "board/card_detail.html#log-earlier", context)
 
 
+@access.role_required(Role.VIEWER)
 def card_detail(request, card_id):
     """The card's page; ``?commit=<sha>``, ``?page=N`` and ``?view=unified|split`` choose the diff
     shown (400 for garbage, 404 for a commit not on the card's branch)."""
@@ -203,6 +211,7 @@ def card_detail(request, card_id):
     return _remember_view(request, response)
 
 
+@access.role_required(Role.VIEWER)
 def card_drawer(request, card_id):
     """The card's drawer on the board: the card page's own partials in four tabs (Activity,
     Diff, Checkpoints, Settings), with its own socket to the card; 404 for an unknown card."""
@@ -253,6 +262,7 @@ def _remember_view(request, response):
     return response
 
 
+@access.role_required(Role.VIEWER)
 def card_diff(request, card_id):
     """The card's diff panel alone (htmx: a page, a checkpoint, the other view): 400 for garbage,
     404 for a commit not on the branch or a page past the last."""
@@ -266,6 +276,7 @@ def card_diff(request, card_id):
     return _remember_view(request, render(request, "board/_diff.html", context))
 
 
+@access.role_required(Role.VIEWER)
 def card_diff_raw(request, card_id):
     """One file's whole diff as plain text (``?path=…&commit=…``): where a file cut on the page
     is read whole. 400 without a path, 404 for a file or commit not in the card's diff."""
@@ -293,6 +304,7 @@ def _comments_panel(request, card: Card, status: int = 200, error: str = "", not
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_comment_add(request, card_id):
     """A comment on one line of the card's diff (htmx, from the form under the line): answers the
     comment in the form's place and the "Comments to send" panel out of band; 422 with the form
@@ -327,6 +339,7 @@ def card_comment_add(request, card_id):
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_comment_delete(request, card_id, comment_id):
     """Delete an unsent comment: answers the "Comments to send" panel and takes the comment out of
     the diff; 409 for a comment sent already."""
@@ -345,6 +358,7 @@ def card_comment_delete(request, card_id, comment_id):
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_comments_send(request, card_id):
     """Send the card's unsent comments back to its agent as one follow-up run, with the optional
     general message; answers the emptied panel, the card's header and the comments taken out of
@@ -359,6 +373,7 @@ def card_comments_send(request, card_id):
         try:
             # The lines are quoted here: the domain reads no git.
             run = card.send_comments(form.cleaned_data["message"], review.quote_lines(card, card.comments_to_send))
+            access.audit(request.user, "follow-up", card=card, run=run.pk, comments=run.comments.count())
         except BoardError as exc:
             status, error = 409, str(exc)
     if error:
@@ -386,6 +401,8 @@ def _card_action(request, card_id: int, action: str, *args):
         getattr(card, action)(*args)
     except BoardError as exc:
         error = str(exc)
+    else:
+        access.audit(request.user, action.replace("_", "-"), card=card)
     return _card_answer(request, card.pk, error)
 
 
@@ -404,16 +421,19 @@ def _card_answer(request, card_id: int, error: str = "", note: str = ""):
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_start(request, card_id):
     return _card_action(request, card_id, "start")
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_stop(request, card_id):
     return _card_action(request, card_id, "stop")
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def project_start_all(request, project_id):
     """Start every card in the project's Backlog, top first; says how many started and why any
     did not."""
@@ -423,6 +443,7 @@ def project_start_all(request, project_id):
         try:
             card.start()
             started += 1
+            access.audit(request.user, "start", card=card, project=project)
         except BoardError as exc:
             refused.append(f"#{card.pk} {card.title}: {exc}")
     if started:
@@ -435,11 +456,13 @@ def project_start_all(request, project_id):
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_resume(request, card_id):
     return _card_action(request, card_id, "resume")
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_follow_up(request, card_id):
     form = FollowUpForm(request.POST)
     if not form.is_valid():
@@ -449,6 +472,7 @@ def card_follow_up(request, card_id):
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def run_decide(request, run_id):
     """The lead approves or denies what a run waits for (a tool call, a question, a plan)."""
     run = get_object_or_404(Run, pk=run_id)
@@ -460,12 +484,14 @@ def run_decide(request, run_id):
         try:
             kind = form.cleaned_data["kind"]
             run.decide(form.cleaned_data["decision"] == "approve", form.cleaned_data["text"], (kind,) if kind else None)
+            access.audit(request.user, form.cleaned_data["decision"], card=run.card, run=run.pk, kind=kind or "")
         except BoardError as exc:
             error = str(exc)
     return _card_answer(request, run.card_id, error)
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_settings(request, card_id):
     card = get_object_or_404(Card.objects.select_related("project", "agent", "current_run"), pk=card_id)
     if card.is_running:
@@ -473,6 +499,7 @@ def card_settings(request, card_id):
     form = CardSettingsForm(request.POST, instance=card)
     if form.is_valid():
         form.save()
+        access.audit(request.user, "card-settings", card=card, changed=form.changed_data)
         return _card_answer(request, card.pk, note="Card settings saved; the next run uses them.")
     if _in_drawer(request):
         return _drawer_answer(request, card.pk, "The settings were not saved: see the fields below.", status=422,
@@ -483,12 +510,14 @@ def card_settings(request, card_id):
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_rollback(request, card_id):
     card = get_object_or_404(Card.objects.select_related("project", "current_run"), pk=card_id)
     try:
         note = runner.roll_back_card(card, request.POST.get("sha", ""))
     except (BoardError, worktrees.GitError) as exc:
         return _card_answer(request, card.pk, f"Not rolled back: {exc}")
+    access.audit(request.user, "rollback", card=card, sha=request.POST.get("sha", "")[:64])
     return _card_answer(request, card.pk, note=note)
 
 
@@ -505,27 +534,31 @@ def _land_answer(request, card_id: int, error: str = "", note: str = "", status:
     return render(request, "board/card_detail.html", context, status=status)
 
 
-def _land_action(request, card_id: int, action, *args):
+def _land_action(request, card_id: int, action, *args, audit_as: str = ""):
     """``action(card, *args) -> note`` from agents.landing; a refusal (BoardError, or git's
-    reason) is answered with 409."""
+    reason) is answered with 409. Done, it goes in the audit log as ``audit_as`` (if given)."""
     card = get_object_or_404(Card, pk=card_id)
     try:
         note = action(card, *args)
     except (BoardError, worktrees.GitError) as exc:
         return _land_answer(request, card.pk, str(exc))
+    if audit_as:
+        access.audit(request.user, audit_as, card=card, args=[str(a) for a in args if a is not None])
     return _land_answer(request, card.pk, note=note)
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_land(request, card_id):
     get_object_or_404(Card, pk=card_id)
     form = LandForm(request.POST)
     if not form.is_valid():
         return _land_answer(request, card_id, " ".join(form.errors.get("mode", [])), status=422)
-    return _land_action(request, card_id, landing.land_card, form.cleaned_data["mode"] or None)
+    return _land_action(request, card_id, landing.land_card, form.cleaned_data["mode"] or None, audit_as="land")
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_check_conflicts(request, card_id):
     def check(card):
         files = landing.check_conflicts(card)
@@ -536,23 +569,26 @@ def card_check_conflicts(request, card_id):
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_rebase(request, card_id):
-    return _land_action(request, card_id, landing.rebase_card)
+    return _land_action(request, card_id, landing.rebase_card, audit_as="rebase")
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_resolve(request, card_id):
     """Ask the card's agent to resolve the conflicts found (a follow-up run)."""
     def resolve(card):
         card.resolve_conflicts()
         return "Sent back to the agent to merge the base and resolve the conflicts."
 
-    return _land_action(request, card_id, resolve)
+    return _land_action(request, card_id, resolve, audit_as="resolve")
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_push(request, card_id):
-    return _land_action(request, card_id, landing.push_card, request.POST.get("pr") == "1")
+    return _land_action(request, card_id, landing.push_card, request.POST.get("pr") == "1", audit_as="push")
 
 
 # --- Variants (issue 7, "Several models on one card"): start a card on several agents or models,
@@ -570,6 +606,7 @@ def _variants_refused(request, card: Card, error: str, status: int, form=None):
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_start_variants(request, card_id):
     """Start the card on the agents and models ticked (board.forms.VariantsForm), one card each,
     then show their comparison; 422 for bad input (no agent, an unknown agent id, one choice), 409
@@ -585,6 +622,7 @@ def card_start_variants(request, card_id):
         runs = card.start_variants(form.cleaned_data["choices"])
     except BoardError as exc:
         return _variants_refused(request, card, str(exc), 409, form)
+    access.audit(request.user, "start-variants", card=card, runs=[run.pk for run in runs])
     messages.success(request, f"Started {len(runs)} variants of card #{card.pk}, each on its own branch.")
     return redirect("card_compare", card_id=card.pk)
 
@@ -596,6 +634,7 @@ def _compare_context(card: Card) -> dict:
     return {"card": card, "rows": compare.rows(group), "active": any(c.is_running for c in group)}
 
 
+@access.role_required(Role.VIEWER)
 def card_compare(request, card_id):
     """The card's group side by side (board.compare.rows); 404 for a card with no variants. With
     ``?part=rows`` only the table (what the page polls while a variant runs)."""
@@ -608,6 +647,7 @@ def card_compare(request, card_id):
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_choose(request, card_id):
     """Land this card as the chosen one of its group and remove the others from the board
     (agents.variants.choose_variant); then the board. Refused with the reason on the comparison:
@@ -625,6 +665,7 @@ def card_choose(request, card_id):
         except (BoardError, worktrees.GitError) as exc:
             error, status = str(exc), 409
         else:
+            access.audit(request.user, "choose", card=card, mode=mode or "")
             messages.success(request, f"Chose #{card.pk}. {note}")
             return redirect("board", project_id=card.project_id)
     context = _compare_context(Card.objects.select_related("project", "agent", "current_run").get(pk=card.pk))
@@ -632,11 +673,13 @@ def card_choose(request, card_id):
     return render(request, "board/compare.html", context, status=status)
 
 
+@access.role_required(Role.MAINTAINER)
 def project_settings(request, project_id):
     project = get_object_or_404(Project, pk=project_id)
     form = ProjectSettingsForm(request.POST or None, instance=project)
     if request.method == "POST" and form.is_valid():
         form.save()
+        access.audit(request.user, "settings", project=project, changed=form.changed_data)
         messages.success(request, "Settings saved; runs that start from now on use them.")
         return redirect("project_settings", project_id=project.pk)
     return render(request, "board/project_settings.html", {"project": project, "form": form},
@@ -672,8 +715,12 @@ def models_page(request):
 
 @require_POST
 def model_test(request):
-    """One small real call to a model; answers the result partial (latency or the provider's error)."""
+    """One small real call to a model; answers the result partial (latency or the provider's error).
+    Only for those who maintain a project (or manage the board): it spends the provider's money."""
     from agents import llm
+
+    if not access.is_maintainer_somewhere(request.user):
+        raise PermissionDenied("Only a project's maintainer may try a model.")
 
     form = ModelTestForm(request.POST)
     if not form.is_valid():
@@ -690,9 +737,11 @@ def model_test(request):
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_delete(request, card_id):
     card = get_object_or_404(Card.objects.select_related("project", "current_run"), pk=card_id)
     project_id = card.project_id
+    gone = Card(pk=card.pk, title=card.title, project_id=project_id)  # what the audit log names once it is deleted
     try:
         note = runner.delete_card(card, delete_branch=request.POST.get("delete_branch") == "on")
     except (BoardError, worktrees.GitError) as exc:
@@ -700,6 +749,7 @@ def card_delete(request, card_id):
             return _drawer_answer(request, card_id, f"The card was not deleted: {exc}")
         messages.error(request, f"The card was not deleted: {exc}")
         return redirect("card_detail", card_id=card_id)
+    access.audit(request.user, "delete", card=gone, project=card.project, delete_branch=request.POST.get("delete_branch") == "on")
     if _in_drawer(request):
         # The drawer says so in its place, and the board's tile goes at once (the push follows).
         context = {"card_id": card_id, "note": note}
@@ -709,9 +759,12 @@ def card_delete(request, card_id):
 
 
 def agents(request):
+    if request.method == "POST" and not access.may_manage_board(request.user):
+        raise PermissionDenied("Only a board administrator (a superuser) may add agents.")
     form = AgentForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         agent = form.save()
+        access.audit(request.user, "agent-add", agent=agent.name)
         messages.success(request, f"Agent '{agent.name}' added.")
         return redirect("agents")
     rows = [(a, a.installed) for a in Agent.objects.all()]
@@ -722,12 +775,15 @@ def agents(request):
 
 
 @require_POST
+@access.board_manager_required
 def agent_toggle(request, agent_id):
     agent = get_object_or_404(Agent, pk=agent_id)
     try:
         agent.set_enabled(not agent.enabled)
     except BoardError as exc:
         messages.error(request, str(exc))
+    else:
+        access.audit(request.user, "agent-enable" if agent.enabled else "agent-disable", agent=agent.name)
     return redirect("agents")
 
 
@@ -764,6 +820,7 @@ def _column_lists(request, card: Card, columns, error: str = "", status: int = 2
 
 
 @require_POST
+@access.role_required(Role.MEMBER)
 def card_drop(request, card_id):
     """The lead dropped the card on ``column`` (POST), where the column's cards read ``order``
     (their ids, top first, comma-separated; optional). Answers the lists of the card's old and new
@@ -781,13 +838,25 @@ def card_drop(request, card_id):
     except BoardError as exc:
         return _column_lists(request, card, {old, column}, error=str(exc), status=409)
     card.refresh_from_db()
+    if card.column != old:
+        access.audit(request.user, "start" if card.column == Column.IN_PROGRESS else "move", card=card, to=card.column)
     if ids and card.column == column:
         card.reorder(ids)
     return _column_lists(request, card, {old, column})
 
 
 @require_POST
+@access.role_required(Role.MAINTAINER)
 def card_mark_done(request, card_id):
     """Put the card in Done without landing it (Card.mark_done): the card re-rendered for htmx
     (409 with the reason while it runs or when done), else back to its page."""
     return _card_action(request, card_id, "mark_done")
+
+
+def permission_denied(request, exception=None):
+    """The answer to a role too low (handler403): the reason (access.require_role's message) on
+    a page, or alone as text for htmx, which shows it in place of a button's work."""
+    reason = str(exception) if exception and str(exception) else "You may not do this here."
+    if request.headers.get("HX-Request") == "true":
+        return HttpResponse(reason, status=403, content_type="text/plain; charset=utf-8")
+    return render(request, "403.html", {"reason": reason}, status=403)
