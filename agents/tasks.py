@@ -6,3 +6,10 @@ def execute_run(run_id: int) -> str | None:
     from agents import runner
 
     return runner.execute(run_id)
+
+
+def deliver_webhook(delivery_id: int) -> str:
+    """One attempt at webhook delivery ``delivery_id`` (board.webhooks.deliver)."""
+    from board import webhooks
+
+    return webhooks.deliver(delivery_id)

@@ -625,6 +625,7 @@ class Card(models.Model):
             self.save(update_fields=["landed_commit", "landed_at", "conflicts", "updated_at"])
             self.move_to(Column.DONE)
             Event.record(self, None, "card", note or f"landed as {sha[:10]}", {"landed": sha, "mode": mode})
+            _notify_webhooks(WebhookEvent.LANDED, self.pk, self.current_run)
             # Cards waiting for this one may start now; only once the landing is stored for good.
             transaction.on_commit(self.start_ready_dependents)
 
@@ -1024,6 +1025,7 @@ class Run(models.Model):
                 return False
             self.state, self.pending = RunState.AWAITING_APPROVAL, pending
             self.emit("state", RunState.AWAITING_APPROVAL, {"pending": pending})
+            _notify_webhooks(WebhookEvent.APPROVAL, self.card_id, self)
             self._release_slot()
         return True
 
@@ -1182,6 +1184,9 @@ class Run(models.Model):
             if state == RunState.SUCCEEDED:
                 card = Card.objects.get(pk=self.card_id)
                 card.move_to(Column.REVIEW)
+            if state in (RunState.SUCCEEDED, RunState.FAILED):
+                _notify_webhooks(WebhookEvent.REVIEW if state == RunState.SUCCEEDED else WebhookEvent.FAILED,
+                                 self.card_id, self)
             # Whatever it ended from: a running run frees its slot, and a queued one already handed
             # to the workers was counted as taking one (release_held).
             self._release_slot()
@@ -1251,6 +1256,14 @@ class DiffComment(models.Model):
         if message.strip():
             parts.append(f"The lead also says:\n{message.strip()}")
         return "\n\n".join(parts)
+
+
+def _notify_webhooks(event: str, card_id: int, run: Run | None) -> None:
+    """Tell the project's webhooks about ``event`` once the current transaction commits
+    (board/webhooks.py: deliveries are made then, and sent by the workers, so nothing waits here)."""
+    from board import webhooks
+
+    webhooks.notify(event, card_id, run)
 
 
 def _chunks(text: str, size: int) -> list[str]:

@@ -147,6 +147,12 @@ if REDIS_URL:
 BOARD_HOST = env.str("BOARD_HOST", default="127.0.0.1")
 BOARD_PORT = env.int("BOARD_PORT", default=8300)
 BOARD_WORKERS = env.int("BOARD_WORKERS", default=4)
+# The board's address as people outside reach it, for links in webhooks (board/webhooks.py), such
+# as https://board.example.com; default: http://BOARD_HOST:BOARD_PORT.
+BOARD_PUBLIC_URL = env.str("BOARD_PUBLIC_URL", default="") or (
+    f"http://{'[' + BOARD_HOST + ']' if ':' in BOARD_HOST else BOARD_HOST}:{BOARD_PORT}"
+)
+BOARD_WEBHOOK_TIMEOUT = env.float("BOARD_WEBHOOK_TIMEOUT", default=5.0)  # seconds a receiver has to answer
 # The longest a run may take, in seconds; a command agent is killed after it.
 BOARD_RUN_TIMEOUT = env.int("BOARD_RUN_TIMEOUT", default=2 * 60 * 60)
 BOARD_MODEL_TIMEOUT = env.float("BOARD_MODEL_TIMEOUT", default=120.0)
