@@ -476,8 +476,25 @@ class AgentForm(ModelFieldsMixin, forms.ModelForm):
         return data
 
 
+class WaitsForWidget(forms.SelectMultiple):
+    """A multi-select of cards that renders only the options already chosen (a form sent back
+    with errors); the rest load when the lead first focuses or points at it (views.card_waitable,
+    through the hx-get its form sets), so a board of 1,000 cards does not render 1,000 options on
+    every page load."""
+
+    def optgroups(self, name, value, attrs=None):
+        if not [v for v in value if v]:
+            return []  # nothing chosen: no need to read the project's cards here at all
+        groups = super().optgroups(name, value, attrs)
+        return [(group, [o for o in options if o["selected"]], index) for group, options, index in groups
+                if any(o["selected"] for o in options)]
+
+
 class CardForm(forms.Form):
-    """Create a card: a title, the prompt for the agent and an enabled agent."""
+    """Create a card: a title, the prompt for the agent and an enabled agent; optionally labels and,
+    given the ``project``, the cards of it that have not landed that the new card waits for
+    (``waits_for``, Cards) and whether it then starts by itself (``start_when_ready``). Without a
+    project (the shell, the API) no card may be chosen."""
 
     title = forms.CharField(max_length=300, error_messages={"required": "Give the card a title."})
     prompt = forms.CharField(
@@ -496,6 +513,25 @@ class CardForm(forms.Form):
     mode = forms.ChoiceField(choices=Mode.choices, initial=Mode.ACT, required=False,
                              help_text="Plan first: the built-in agent only reads, and you approve its plan.")
     labels = forms.CharField(required=False, max_length=400, help_text="Comma-separated, such as bug, frontend.")
+    waits_for = forms.ModelMultipleChoiceField(
+        queryset=Card.objects.none(), required=False, label="Waits for", widget=WaitsForWidget(attrs={"size": 4}),
+        help_text="Cards of this project that must land (or be marked done) before this one starts.",
+        error_messages={"invalid_choice": "Card %(value)s is not a card of this project that is still to land.",
+                        "invalid_pk_value": "'%(pk)s' is not a card id."},
+    )
+    start_when_ready = forms.BooleanField(required=False, label="Start by itself when they have landed")
+
+    def __init__(self, *args, project: Project | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["waits_for"].label_from_instance = lambda card: f"#{card.pk} {card.title}"
+        if project is not None:
+            from django.urls import reverse
+
+            self.fields["waits_for"].queryset = project.cards.exclude(column=Column.DONE).order_by("id")
+            self.fields["waits_for"].widget.attrs.update({
+                "hx-get": reverse("card_waitable", args=[project.pk]), "hx-trigger": "focus once, mouseenter once",
+                "hx-swap": "innerHTML",
+            })
 
     def clean_labels(self):
         return parse_labels(self.cleaned_data.get("labels", ""))

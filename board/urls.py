@@ -7,6 +7,7 @@ urlpatterns = [
     path("projects/", views.project_create, name="project_create"),
     path("projects/<int:project_id>/", views.board, name="board"),
     path("projects/<int:project_id>/cards/", views.card_create, name="card_create"),
+    path("projects/<int:project_id>/cards/waitable", views.card_waitable, name="card_waitable"),
     path("cards/<int:card_id>/", views.card_detail, name="card_detail"),
     path("cards/<int:card_id>/drawer", views.card_drawer, name="card_drawer"),
     path("cards/<int:card_id>/start", views.card_start, name="card_start"),

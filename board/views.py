@@ -7,6 +7,7 @@ import os
 
 from django.conf import settings
 from django.contrib import messages
+from django.db import transaction
 from django.db.models import Count
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
@@ -91,7 +92,7 @@ def board(request, project_id):
     context = board_context(project)
     # The agent of the project's latest card is the likely next choice, not the first by name.
     last = project.cards.filter(agent__enabled=True).order_by("-id").values_list("agent__name", flat=True).first()
-    context["form"] = CardForm(initial={"agent": last})
+    context["form"] = CardForm(initial={"agent": last}, project=project)
     context.update(board_filters(context["columns"]))
     context["projects"] = access.visible_projects(request.user).only("id", "name")  # the top bar's switcher
     return render(request, "board/board.html", context)
@@ -108,22 +109,41 @@ def board_filters(columns: list[dict]) -> dict:
 @access.role_required(Role.MEMBER)
 def card_create(request, project_id):
     project = get_object_or_404(Project, pk=project_id)
-    form = CardForm(request.POST)
+    form = CardForm(request.POST, project=project)
     if not form.is_valid():
         return render(request, "board/board.html#card-form", {"project": project, "form": form}, status=422)
-    card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
-                       form.cleaned_data.get("mode") or "act")
+    waits_for, start_when_ready = form.cleaned_data["waits_for"], form.cleaned_data["start_when_ready"]
+    try:
+        with transaction.atomic():
+            card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"],
+                               form.cleaned_data["agent"], form.cleaned_data.get("mode") or "act")
+            if waits_for or start_when_ready:
+                card.set_dependencies(waits_for, start_when_ready)  # refuses a cycle (Card.check_dependencies)
+    except BoardError as exc:
+        form.add_error("waits_for", str(exc))
+        return render(request, "board/board.html#card-form", {"project": project, "form": form}, status=422)
     if form.cleaned_data.get("labels"):
         card.labels = form.cleaned_data["labels"]
         card.save(update_fields=["labels"])
     access.audit(request.user, "create", card=card, project=project)
     if request.htmx:
         # The new card goes into the Backlog at once; the push that follows replaces it by id.
-        form = CardForm(initial={"agent": card.agent.name})
+        form = CardForm(initial={"agent": card.agent.name}, project=project)
         html = render_to_string("board/board.html#card-form", {"project": project, "form": form}, request)
         html += render_to_string("board/board.html#card-push", {"card": card, "moved": True, "created": True}, request)
         return HttpResponse(html)
     return redirect("board", project_id=project.pk)
+
+
+@access.role_required(Role.VIEWER)
+def card_waitable(request, project_id):
+    """The options of the new-card form's "Waits for": the project's cards that have not landed,
+    by id, those named by ``waits_for`` (repeated; what the browser had chosen) selected. Loaded
+    when the lead first goes to the list (board.forms.WaitsForWidget); 404 for no such project."""
+    project = get_object_or_404(Project, pk=project_id)
+    chosen = {int(v) for v in request.GET.getlist("waits_for") if v.isascii() and v.isdigit() and len(v) < 19}
+    cards = project.cards.exclude(column=Column.DONE).order_by("id").values_list("pk", "title")
+    return render(request, "board/_waitable.html", {"cards": cards, "chosen": chosen})
 
 
 def _commits(card: Card) -> list[worktrees.Commit]:

@@ -165,3 +165,64 @@ def test_only_backlog_cards_start_by_themselves(make_card, django_capture_on_com
         first.mark_done()
     failed.refresh_from_db()
     assert failed.column == Column.IN_PROGRESS and failed.current_run.state == RunState.FAILED, "left to the lead"
+
+
+# "Waits for" in the board's new-card form.
+
+
+def test_a_card_added_on_the_board_waits_for_the_cards_chosen_and_may_start_by_itself(client, make_card, project):
+    first, second = make_card(title="first"), make_card(title="second")
+    response = client.post(f"/projects/{project.pk}/cards/", {
+        "title": "After both", "agent": first.agent.name, "waits_for": [first.pk, second.pk],
+        "start_when_ready": "on",
+    }, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200, response.content.decode()
+    card = Card.objects.get(title="After both")
+    assert sorted(c.pk for c in card.depends_on.all()) == [first.pk, second.pk] and card.start_when_ready
+    assert f"waits for <a href=\"/cards/{first.pk}/\">#{first.pk}</a>" in response.content.decode()
+
+
+@pytest.mark.parametrize("junk, message", [
+    ("999999", "Card 999999 is not a card of this project that is still to land."),
+    ("x", "&#x27;x&#x27; is not a card id."),
+])
+def test_the_new_card_form_refuses_a_bad_id_in_waits_for_with_a_message(client, make_card, project, junk, message):
+    first = make_card(title="first")
+    response = client.post(f"/projects/{project.pk}/cards/", {"title": "Bad wait", "agent": first.agent.name,
+                                                              "waits_for": [junk]}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422 and message in response.content.decode()
+    assert not Card.objects.filter(title="Bad wait").exists()
+
+
+def test_the_new_card_form_does_not_offer_a_card_that_landed_and_refuses_it(client, make_card, project):
+    done, open_card = make_card(title="done one"), make_card(title="open one")
+    done.mark_done()
+    options = client.get(f"/projects/{project.pk}/cards/waitable?waits_for={open_card.pk}").content.decode()
+    assert f'<option value="{open_card.pk}" selected>#{open_card.pk} open one</option>' in options
+    assert "done one" not in options
+    response = client.post(f"/projects/{project.pk}/cards/", {"title": "Late", "agent": done.agent.name,
+                                                              "waits_for": [done.pk]}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422 and "not a card of this project that is still to land" in response.content.decode()
+
+
+def test_a_refusal_by_the_domain_in_the_new_card_form_is_shown_and_nothing_is_created(client, make_card, project, monkeypatch):
+    # A new card has no dependents, so no choice can close a cycle; the domain's check still runs.
+    first = make_card(title="first")
+
+    def refuse(self, cards):
+        raise BoardError("That would make a cycle: card #1 would wait, through others, for itself.")
+
+    monkeypatch.setattr(Card, "check_dependencies", refuse)
+    response = client.post(f"/projects/{project.pk}/cards/", {"title": "Loop", "agent": first.agent.name,
+                                                              "waits_for": [first.pk]}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 422 and "That would make a cycle" in response.content.decode()
+    assert not Card.objects.filter(title="Loop").exists()
+
+
+def test_the_board_page_renders_no_waits_for_options_until_the_list_is_opened(client, make_card, project):
+    first = make_card(title="lazy first")
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    form = page[page.index('id="card-form"'):page.index("</form>", page.index('id="card-form"'))]
+    assert 'name="waits_for"' in form and f'hx-get="/projects/{project.pk}/cards/waitable"' in form
+    assert "<option" not in form[form.index('name="waits_for"'):]
+    assert f'#{first.pk} lazy first' in client.get(f"/projects/{project.pk}/cards/waitable").content.decode()
