@@ -82,8 +82,8 @@ class Command(BaseCommand):
             raise CommandError("--port must be between 1 and 65535.")
         if host not in ("127.0.0.1", "localhost", "::1"):
             self.stderr.write(
-                f"Warning: listening on {host}. The board has no login yet: anyone who can reach this address "
-                "can start agents on your repositories. Add the names people use to DJANGO_ALLOWED_HOSTS."
+                f"Listening on {host}: everyone must log in (README, \"Sharing it\"). Make the first account with "
+                "manage.py createsuperuser, and add the names people use to DJANGO_ALLOWED_HOSTS."
             )
         self._lock = self._take_data_folder()
         self._check_port_free(host, port)
@@ -98,7 +98,8 @@ class Command(BaseCommand):
         # (hours); handing queued runs out again is safe, since a run is claimed once. Runs held
         # for a project's parallel limit go only as far as the project has free slots.
         Run.objects.hand_out_queued()
-        env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1"}
+        # BOARD_HOST too: the web server's settings then require a login off loopback (BOARD_LOGIN_REQUIRED).
+        env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1", "BOARD_HOST": host}
         base = str(settings.BASE_DIR)
         # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the
         # children in order instead of all of them racing.
