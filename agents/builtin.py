@@ -111,7 +111,8 @@ class LoopOptions:
     ``context_window`` is the model's window in tokens; the conversation is kept under about
     80 % of it (None: not trimmed). ``check_timeout`` is in seconds. ``time_left`` (seconds,
     set by :func:`run` from the time budget) caps the timeout of commands and checks, so a
-    long command cannot outlast the budget.
+    long command cannot outlast the budget. ``sandbox`` is the argv prefix that wraps every
+    command and check (:func:`agents.sandbox.bwrap_prefix`; empty: none).
     """
 
     approvals: str = "auto"
@@ -121,6 +122,7 @@ class LoopOptions:
     context_window: int | None = None
     check_timeout: float = 600.0
     time_left: float | None = None  # seconds of the time budget left; caps commands and checks
+    sandbox: tuple[str, ...] = ()
 
 
 @dataclass
@@ -552,7 +554,7 @@ def _execute(state, call, name, raw, parsed, root, emit, extra_env, should_stop,
         output, is_error = execute_tool(
             root, name, raw, extra_env=extra_env, should_stop=should_stop,
             allowed=READ_ONLY_TOOLS if read_only else None, base=options.base_commit,
-            max_timeout=options.time_left,
+            max_timeout=options.time_left, sandbox=options.sandbox,
         )
     if name == "finish" and not is_error:
         passed, report = (True, "") if read_only else _run_checks(state, root, emit, extra_env, should_stop, options)
@@ -581,7 +583,8 @@ def _run_checks(state, root, emit, extra_env, should_stop, options) -> tuple[boo
     elif options.check_command.strip():
         emit("step", f"Check: $ {options.check_command}", {"tool": "check"})
         timeout = min(options.check_timeout, options.time_left or options.check_timeout)
-        code, output = run_shell(root, options.check_command, timeout, extra_env=extra_env, should_stop=should_stop)
+        code, output = run_shell(root, options.check_command, timeout, extra_env=extra_env, should_stop=should_stop,
+                                 sandbox=options.sandbox)
         if code != 0:
             report = f"The check command `{options.check_command}` failed:\n{output}"
     passed = not report

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 FLUSH_INTERVAL = 0.25  # seconds between output pushes: a few updates a second per card, not one per line
 FLUSH_LINES = 1000  # or sooner, when this many lines are waiting
@@ -36,12 +36,13 @@ class CommandResult:
     exit_code: int | None
 
 
-def spawn(command: str, cwd: str | Path, env: dict[str, str]) -> subprocess.Popen:
+def spawn(command: str, cwd: str | Path, env: dict[str, str], sandbox: Sequence[str] = ()) -> subprocess.Popen:
     """Start ``command`` with ``bash -c`` in ``cwd``: stdin closed, stdout and stderr merged into
-    one pipe (bytes), and a process group of its own so that it can be killed whole. Raises
-    OSError when it cannot start (a missing folder, say)."""
+    one pipe (bytes), and a process group of its own so that it can be killed whole. ``sandbox``
+    is an argv prefix that wraps bash (agents.sandbox.bwrap_prefix; empty: none). Raises
+    OSError when it cannot start (a missing folder or program, say)."""
     return subprocess.Popen(
-        ["bash", "-c", command],
+        [*sandbox, "bash", "-c", command],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -79,6 +80,7 @@ def run_command(
     emit: Callable[[str, str], None],
     timeout: float,
     should_stop: Callable[[], bool] = lambda: False,
+    sandbox: Sequence[str] = (),
 ) -> CommandResult:
     """Run ``command`` with bash in ``cwd`` and stream its output.
 
@@ -89,11 +91,12 @@ def run_command(
     ``should_stop()`` turns true. The command is over when its own process ends: what it left
     running in its group is killed EXIT_GRACE seconds later, output still waiting is read to its
     end (EXIT_DRAIN seconds at most), and output of anything that escaped the group is left
-    once it pauses for EXIT_GRACE seconds. Never raises for the command's own failures: a missing
+    once it pauses for EXIT_GRACE seconds. ``sandbox`` wraps the command as :func:`spawn` says.
+    Never raises for the command's own failures: a missing
     program or a non-zero exit status is a failed result with the reason.
     """
     try:
-        proc = spawn(command, cwd, env)
+        proc = spawn(command, cwd, env, sandbox)
     except OSError as exc:
         return CommandResult("failed", "", f"could not start the command: {exc}", None)
 

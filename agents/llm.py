@@ -206,7 +206,11 @@ def _to_model_error(exc: Exception, config: ModelConfig) -> ModelError:
         reason = f"the model endpoint answered HTTP {status}: {msg}"
     else:
         reason = f"the model call failed: {type(exc).__name__}: {msg}"
-    error = ModelError(reason)
+    # A provider may echo the key it was given (a wrong key, a URL with it); the reason reaches
+    # cards, logs and the Models page, so no secret value of the environment stays in it.
+    from agents.secrets import redactor
+
+    error = ModelError(redactor(config.api_key_env).text(reason))
     error.__cause__ = exc
     return error
 

@@ -21,12 +21,12 @@ from django.conf import settings
 
 from agents import worktrees
 from agents.command import MARK_VARIABLE, kill_marked, run_command
+from agents.sandbox import SandboxError, decide as decide_sandbox
+from agents.secrets import command_environment
 from board.models import Agent, BoardError, Card, Project, Run, RunState
 
 log = logging.getLogger(__name__)
 
-# Variables of the board's own that an agent's commands have no business seeing.
-BOARD_SECRETS = ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "BOARD_DB_PATH")
 ENV_VALUE_LIMIT = 100_000  # bytes of one environment variable we pass (Linux: MAX_ARG_STRLEN, 128 KiB)
 SETUP_TAIL_LINES = 30  # lines of a failed setup command's output kept in the run's reason
 
@@ -167,19 +167,20 @@ def _execute(run: Run) -> Outcome:
     run.save(update_fields=["base_commit"])
     run.emit("step", f"Worktree {'created' if tree.created else 'reused'} at {tree.path} (base {tree.base_commit[:10]})")
     stop = _StopFlag(run.pk)
+    sandbox = _sandbox(run, tree.path)
     if tree.created or not card.worktree_ready:
         # Until the setup has once succeeded, every run does it again.
         Card.objects.filter(pk=card.pk).update(worktree_ready=False)
-        _fill_worktree(run, tree.path, stop)
+        _fill_worktree(run, tree.path, stop, sandbox)
         Card.objects.filter(pk=card.pk).update(worktree_ready=True)
     if stop():
         return Outcome(RunState.STOPPED, error="stopped by the lead")
 
     agent = run.agent
     if agent.kind == Agent.Kind.COMMAND:
-        outcome = _run_command_agent(run, tree.path, stop)
+        outcome = _run_command_agent(run, tree.path, stop, sandbox)
     else:
-        outcome = _run_builtin_agent(run, tree.path, stop)
+        outcome = _run_builtin_agent(run, tree.path, stop, sandbox)
 
     checked_out = worktrees.current_branch(tree.path)
     if checked_out != card.branch:
@@ -201,7 +202,26 @@ def _execute(run: Run) -> Outcome:
     return outcome
 
 
-def _fill_worktree(run: Run, worktree: str, stop: _StopFlag) -> None:
+def _sandbox(run: Run, worktree: str) -> tuple[str, ...]:
+    """Decide whether this run's commands are sandboxed (agents.sandbox.decide under
+    settings.BOARD_SANDBOX), record it on the run and say so in its log; returns the argv
+    prefix for every command (empty: not sandboxed). Raises RunFailure when BOARD_SANDBOX is on
+    and bubblewrap cannot be used."""
+    team_server = bool(settings.BOARD_LOGIN_REQUIRED or settings.DATABASE_URL or settings.REDIS_URL)
+    prompt_folder = settings.RUNS_DIR / str(run.pk)  # _prompt_file's, read from inside the sandbox
+    prompt_folder.mkdir(parents=True, exist_ok=True)
+    try:
+        decision = decide_sandbox(settings.BOARD_SANDBOX, team_server, worktree, run.card.project.sandbox_network,
+                                  readable=(str(prompt_folder),))
+    except SandboxError as exc:
+        raise RunFailure(str(exc)) from exc
+    run.sandboxed = decision.sandboxed
+    Run.objects.filter(pk=run.pk).update(sandboxed=run.sandboxed)
+    run.emit("step", decision.note, {"sandboxed": decision.sandboxed, "network": decision.network})
+    return decision.prefix
+
+
+def _fill_worktree(run: Run, worktree: str, stop: _StopFlag, sandbox: tuple[str, ...] = ()) -> None:
     """What a new worktree needs besides the checkout: submodules, the ignored files the project
     lists (such as .env), then its setup command, whose failure fails the run with its output."""
     project = run.card.project
@@ -221,7 +241,7 @@ def _fill_worktree(run: Run, worktree: str, stop: _StopFlag) -> None:
 
         result = run_command(
             project.setup_command, cwd=worktree, env=agent_environment(run, _prompt_file(run)),
-            emit=emit, timeout=settings.BOARD_RUN_TIMEOUT, should_stop=stop,
+            emit=emit, timeout=settings.BOARD_RUN_TIMEOUT, should_stop=stop, sandbox=sandbox,
         )
         if result.state == RunState.STOPPED:
             raise RunStopped()
@@ -231,13 +251,14 @@ def _fill_worktree(run: Run, worktree: str, stop: _StopFlag) -> None:
 
 
 def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
-    """The environment of a command agent: the board's own, less its secrets, plus the card
-    (CARD_ID, CARD_TITLE, CARD_PROMPT, CARD_PROMPT_FILE, CARD_BRANCH, RUN_ID) and the board's commit
-    identity, so that agents that commit do so as the board, whatever the machine's git config."""
-    env = {k: v for k, v in os.environ.items() if k not in BOARD_SECRETS}
+    """The environment of a command agent and of the project's setup command: the board's own
+    as agents.secrets.command_environment scrubs it (no board settings, no secret but the run's
+    own model key, Run.model_key_env), plus the card (CARD_ID, CARD_TITLE, CARD_PROMPT,
+    CARD_PROMPT_FILE, CARD_BRANCH, RUN_ID) and the board's commit identity, so that agents that
+    commit do so as the board, whatever the machine's git config."""
     card = run.card
     prompt = run_prompt(run)
-    env.update(
+    env = dict(
         CARD_ID=str(card.pk),
         CARD_TITLE=card.title,
         # Linux caps one variable at 128 KiB; a longer prompt is whole in CARD_PROMPT_FILE only.
@@ -250,7 +271,7 @@ def agent_environment(run: Run, prompt_file: Path) -> dict[str, str]:
         GIT_CEILING_DIRECTORIES=os.path.dirname(os.path.abspath(card.worktree_path)),
     )
     env.update(_identity().env())
-    return env
+    return command_environment(run.model_key_env(), env)
 
 
 def run_prompt(run: Run) -> str:
@@ -270,7 +291,7 @@ def _prompt_file(run: Run) -> Path:
     return path
 
 
-def _run_command_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
+def _run_command_agent(run: Run, worktree: str, stop: _StopFlag, sandbox: tuple[str, ...] = ()) -> Outcome:
     command = run.agent.command
     run.emit("step", f"$ {command}")
     result = run_command(
@@ -280,11 +301,12 @@ def _run_command_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
         emit=lambda kind, text: run.emit(kind, text),
         timeout=settings.BOARD_RUN_TIMEOUT,
         should_stop=stop,
+        sandbox=sandbox,
     )
     return Outcome(result.state, result.summary[:300], result.error)
 
 
-def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
+def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag, sandbox: tuple[str, ...] = ()) -> Outcome:
     from agents import builtin
 
     card = run.card
@@ -311,6 +333,7 @@ def _run_builtin_agent(run: Run, worktree: str, stop: _StopFlag) -> Outcome:
         check_command=project.check_command,
         base_commit=run.base_commit or None,
         context_window=project.context_window or builtin.context_window(config.model) or DEFAULT_CONTEXT_WINDOW,
+        sandbox=sandbox,
     )
     run.emit("step", f"Model {config.model}" + (f" at {config.api_base}" if config.api_base else "")
              + f" ({chosen['source']} setting); approvals: {options.approvals}")

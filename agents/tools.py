@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import difflib
-import fnmatch
 import json
 import os
 import shutil
@@ -22,9 +21,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from agents.command import kill_group, spawn
+from agents.secrets import command_environment
 
 __all__ = [
     "ToolError",
@@ -66,19 +66,6 @@ MAX_COMMAND_TIMEOUT = 1800
 # Once the command's shell has exited, how long to wait for the rest of its output.
 DRAIN_GRACE = 2.0
 
-# Matched case-insensitively against variable names; the agent's commands run code the
-# model wrote, so nothing that looks like a credential of the board may reach them.
-SECRET_ENV_PATTERNS = (
-    "*KEY*",
-    "*SECRET*",
-    "*TOKEN*",
-    "*PASSWORD*",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "DJANGO_*",
-)
-# These would point git commands in the worktree at some other repository.
-GIT_REDIRECT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY")
 
 
 class ToolError(Exception):
@@ -131,24 +118,12 @@ def _display(root: Path, path: Path) -> str:
 
 
 def scrubbed_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment for commands the agent runs.
-
-    ``os.environ`` minus every variable whose name matches :data:`SECRET_ENV_PATTERNS`
-    (case-insensitive) or redirects git elsewhere, plus ``extra_env`` (applied last, so a key
-    the agent was deliberately given survives), plus settings that keep tools from waiting on
-    a terminal that is not there.
+    """Return the environment for commands the agent runs: :func:`agents.secrets.command_environment`
+    (the one rule: no board settings, no secret-looking variable, no git redirection) with no
+    model key, plus settings that keep tools from waiting on a terminal that is not there, plus
+    ``extra_env`` (applied last, so what the runner deliberately gives survives).
     """
-    env = {}
-    for name, value in os.environ.items():
-        upper = name.upper()
-        if upper in GIT_REDIRECT_ENV:
-            continue
-        if any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_ENV_PATTERNS):
-            continue
-        env[name] = value
-    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat"})
-    env.update({str(k): str(v) for k, v in (extra_env or {}).items()})
-    return env
+    return command_environment(None, {"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat", **(extra_env or {})})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -366,11 +341,12 @@ def run_command(
     *,
     extra_env: dict[str, str] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    sandbox: Sequence[str] = (),
 ) -> str:
     """Run ``command`` with ``bash -c`` in the worktree; return ``"exit status N"`` (or why it was
     killed) and its output, as :func:`run_shell` describes. Raises :class:`ToolError` only for an
     empty command or a bad timeout."""
-    return run_shell(root, command, timeout, extra_env=extra_env, should_stop=should_stop)[1]
+    return run_shell(root, command, timeout, extra_env=extra_env, should_stop=should_stop, sandbox=sandbox)[1]
 
 
 def run_shell(
@@ -380,6 +356,7 @@ def run_shell(
     *,
     extra_env: dict[str, str] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    sandbox: Sequence[str] = (),
 ) -> tuple[int | None, str]:
     """Run ``command`` with ``bash -c`` in the worktree; return ``(exit_code, text)``.
 
@@ -392,7 +369,9 @@ def run_shell(
     group is killed. When the shell exits, what it left running in its group is killed too, so
     nothing outlives the step. stdout and stderr are merged; output longer than
     :data:`OUTPUT_HEAD` + :data:`OUTPUT_TAIL` characters keeps its head and tail and says how
-    many characters were cut. Raises :class:`ToolError` only for an empty command.
+    many characters were cut. ``sandbox`` is an argv prefix that wraps bash
+    (:func:`agents.sandbox.bwrap_prefix`; empty: none). Raises :class:`ToolError` only for an
+    empty command.
     """
     if not isinstance(command, str) or not command.strip():
         raise ToolError("command must be a non-empty string")
@@ -402,7 +381,10 @@ def run_shell(
         raise ToolError("timeout must be a number of seconds") from None
     limit = min(max(limit, 1.0), float(MAX_COMMAND_TIMEOUT))
 
-    proc = spawn(command, root, scrubbed_env(extra_env))
+    try:
+        proc = spawn(command, root, scrubbed_env(extra_env), sandbox)
+    except OSError as exc:  # the sandbox's program gone since the run began, say
+        return None, f"could not start the command: {exc}"
     head = bytearray()
     tail: collections.deque[bytes] = collections.deque()
     sizes = {"tail": 0, "total": 0}
@@ -767,13 +749,15 @@ def execute_tool(
     allowed: frozenset[str] | set[str] | None = None,
     base: str | None = None,
     max_timeout: float | None = None,
+    sandbox: Sequence[str] = (),
 ) -> tuple[str, bool]:
     """Run the tool ``name`` with the JSON-encoded ``arguments_json`` in the worktree ``root``.
 
     Returns ``(output, is_error)``; never raises for anything the model can cause: malformed
     JSON, an unknown or not ``allowed`` tool (``None`` allows all), missing or unexpected
     arguments and :class:`ToolError` all come back as ``("error: …", True)``, so the model can
-    retry. ``extra_env`` and ``should_stop`` are passed to :func:`run_command`, whose timeout
+    retry. ``extra_env``, ``should_stop`` and ``sandbox`` are passed to :func:`run_command`
+    (always, so the model cannot set them), whose timeout
     ``max_timeout`` (seconds, None for no cap) caps whatever the model asked for; ``base`` (the
     run's start commit) goes to :func:`show_diff`. An unexpected
     exception inside a tool (a bug, a full disk) is reported the same way, with its type.
@@ -790,7 +774,7 @@ def execute_tool(
     func = TOOLS[name]
     kwargs = dict(arguments)
     if name == "run_command":
-        kwargs.update(extra_env=extra_env, should_stop=should_stop)
+        kwargs.update(extra_env=extra_env, should_stop=should_stop, sandbox=tuple(sandbox))
         if max_timeout is not None:
             try:
                 asked = float(kwargs.get("timeout", DEFAULT_COMMAND_TIMEOUT))

@@ -215,7 +215,7 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         fields = [
             "name", "base_branch", "branch_prefix", "copy_files", "setup_command",
             "model", "api_base", "api_key_env", "context_window", "approvals", "check_command",
-            "max_steps", "max_cost", "max_minutes", "max_parallel", "mcp_servers",
+            "max_steps", "max_cost", "max_minutes", "max_parallel", "mcp_servers", "sandbox_network",
             "land_mode", "delete_branch_on_land", "remote",
         ]
         labels = {
@@ -223,6 +223,7 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
             "api_key_env": "API key environment variable", "context_window": "Context window (tokens)",
             "check_command": "Check command", "max_steps": "Step budget", "max_cost": "Cost budget (US $)",
             "max_minutes": "Time budget (minutes)", "max_parallel": "Parallel runs", "mcp_servers": "MCP servers",
+            "sandbox_network": "Sandboxed commands may use the network",
             "land_mode": "Landing mode", "delete_branch_on_land": "Delete the branch after landing",
             "remote": "Remote for pull requests",
         }

@@ -1074,13 +1074,54 @@ class Run(models.Model):
             self.emit("state", RunState.QUEUED)
             transaction.on_commit(self.enqueue)
 
+    @property
+    def sandbox_label(self) -> str:
+        """What the card says of the sandbox of this run's commands: "sandboxed", "sandboxed,
+        network allowed" or "not sandboxed"; "" while not known (queued, or from before the
+        sandbox). The network part comes from the run's own sandbox step, not the project's
+        switch now, which may have changed since."""
+        if self.sandboxed is None:
+            return ""
+        if not self.sandboxed:
+            return "not sandboxed"
+        if getattr(self, "_sandbox_network", None) is None:
+            self._sandbox_network = self.events.filter(kind="step", data__sandboxed=True, data__network=True).exists()
+        return "sandboxed, network allowed" if self._sandbox_network else "sandboxed"
+
+    def model_key_env(self) -> str:
+        """The NAME of the environment variable holding this run's model key: the card's model
+        setting's (Card.model_settings), else the first ``api_key_env`` set on the card, its
+        project or the run's agent; "" when none. Read once per instance."""
+        if getattr(self, "_model_key_env", None) is None:
+            card = self.card
+            self._model_key_env = (card.model_settings()["api_key_env"] or card.api_key_env
+                                   or card.project.api_key_env or self.agent.api_key_env or "")
+        return self._model_key_env
+
+    def redactor(self):
+        """The agents.secrets.Redactor for this run's texts: the values of the run's model key
+        variable, of every environment variable whose name looks secret, the board's own
+        SECRET_KEY and the passwords of its database and Redis. Its regex is compiled once per
+        process for each distinct set of secrets."""
+        from agents import secrets
+
+        board = [("DJANGO_SECRET_KEY", settings.SECRET_KEY),
+                 ("DATABASE_URL password", settings.DATABASES["default"].get("PASSWORD") or ""),
+                 ("REDIS_URL password", secrets.url_password(getattr(settings, "REDIS_URL", "")))]
+        return secrets.redactor(self.model_key_env(), board)
+
     def emit(self, kind: str, text: str = "", data: dict | None = None) -> Event:
         """Append one event to this run's stream (the next sequence number) and, for steps and
         output, remember its last line for the card. Kinds: state, step, log, checkpoint, usage.
 
         Output ("log") is stored in chunks of at most LOG_CHUNK_CHARS characters (a longer text
         becomes several events, split between lines where it can be; the last is returned), and
-        a run keeps at most settings.BOARD_RUN_LOG_MAX_CHARS characters of it (see _trim_log)."""
+        a run keeps at most settings.BOARD_RUN_LOG_MAX_CHARS characters of it (see _trim_log).
+
+        Every text and every string in ``data`` is stored with secret values replaced by
+        ``[redacted: NAME]`` (see redactor), so no key reaches the database or a screen."""
+        redactor = self.redactor()
+        text, data = redactor.text(text), redactor.data(data)
         if kind == "log" and len(text) > LOG_CHUNK_CHARS:
             event = None
             for chunk in _chunks(text, LOG_CHUNK_CHARS):
@@ -1171,6 +1212,8 @@ class Run(models.Model):
         if state not in FINAL_STATES:
             raise ValueError(f"{state!r} is not a final run state")
         with transaction.atomic():
+            redactor = self.redactor()
+            summary, error = redactor.text(summary), redactor.text(error)
             fields = {"state": state, "summary": summary[:2000], "error": error[:4000], "ended_at": timezone.now(),
                       "pending": None, "held": False}
             if commits is not None:

@@ -224,3 +224,12 @@ BOARD_LOGIN_REQUIRED = env.bool("BOARD_LOGIN_REQUIRED", default=BOARD_HOST not i
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# Whether agents' commands run in a bubblewrap sandbox (README, "Secrets and the sandbox"): auto
+# (in team-server mode, when bwrap works here), on (always; a run fails when bwrap cannot be
+# used) or off.
+BOARD_SANDBOX = env.str("BOARD_SANDBOX", default="auto").strip().lower()
+if BOARD_SANDBOX not in ("auto", "on", "off"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"BOARD_SANDBOX must be auto, on or off, not {BOARD_SANDBOX!r}")
