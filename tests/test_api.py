@@ -265,3 +265,21 @@ def test_junk_queries_are_422_not_500(client, token, url):
 def test_the_openapi_schema_lists_the_endpoints(client):
     schema = client.get("/api/openapi.json").json()
     assert {"/api/projects/", "/api/cards/", "/api/cards/{card_id}/start", "/api/cards/{card_id}/log"} <= set(schema["paths"])
+
+
+def test_card_add_with_start_queues_the_card_from_a_shell_or_adds_nothing(project, monkeypatch, capsys):
+    from board.management.commands import card as card_command
+
+    monkeypatch.setattr(card_command, "workers_running", lambda: True)
+    Agent.objects.create(name="echo", kind=Agent.Kind.COMMAND, command="echo hi")
+    call_command("card", "add", "--project", str(project.pk), "--title", "From cron", "--agent", "echo", "--start")
+    card = Card.objects.get(pk=int(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert card.column == Column.IN_PROGRESS and card.current_run.state == RunState.QUEUED
+    assert AuditEntry.objects.get().action == "start"
+    with pytest.raises(CommandError, match="Not added: Set a model first"):
+        call_command("card", "add", "--project", str(project.pk), "--title", "No model", "--start")
+    assert Card.objects.count() == 1
+    monkeypatch.setattr(card_command, "workers_running", lambda: False)
+    with pytest.raises(CommandError, match="No worker is running"):
+        call_command("card", "add", "--project", str(project.pk), "--title", "x", "--agent", "echo", "--start")
+    assert Card.objects.count() == 1

@@ -42,6 +42,8 @@ class Command(BaseCommand):
         add.add_argument("--start-when-ready", action="store_true",
                          help="Start by itself once every card it waits for has landed.")
         add.add_argument("--labels", default="", help='Comma-separated labels, such as "bug, ui".')
+        add.add_argument("--start", action="store_true",
+                         help="Start it at once (as `card start`); if the start is refused, no card is added.")
         labels = sub.add_parser("labels", help='Set a card\'s labels ("bug, ui"; "" for none); prints them.')
         labels.add_argument("id", type=int)
         labels.add_argument("labels", help='Comma-separated labels, such as "bug, ui"; "" removes them all.')
@@ -99,6 +101,8 @@ class Command(BaseCommand):
         if not form.is_valid():
             raise form_errors(form)
         waits_for = self._waits_for(options["waits_for"])
+        if options["start"] and not workers_running():
+            raise CommandError("No worker is running: start the board first (./run, or python manage.py board).")
         with transaction.atomic():
             card = Card.create(project, form.cleaned_data["title"], form.cleaned_data["prompt"], form.cleaned_data["agent"],
                                form.cleaned_data["mode"] or "act")
@@ -109,8 +113,16 @@ class Command(BaseCommand):
                 except BoardError as exc:
                     transaction.set_rollback(True)
                     raise CommandError(str(exc)) from exc
+            if options["start"]:
+                try:
+                    run = card.start()
+                except BoardError as exc:
+                    transaction.set_rollback(True)
+                    raise CommandError(f"Not added: {exc}") from exc
+                access.audit(None, "start", card=card, actor=SHELL_ACTOR, run=run.pk)
         self.stdout.write(f"Added card '{card.title}' to {project.name}'s Backlog"
-                          + (f", waiting for {', '.join(f'#{c.pk}' for c in waits_for)}" if waits_for else ""))
+                          + (f", waiting for {', '.join(f'#{c.pk}' for c in waits_for)}" if waits_for else "")
+                          + (f"; started as run {run.pk}" if options["start"] else ""))
         self.stdout.write(str(card.pk))
 
     def do_labels(self, options):
