@@ -711,7 +711,7 @@ class Card(models.Model):
             if model and agent.kind != Agent.Kind.BUILTIN:
                 raise BoardError(f"'{agent.name}' runs a command: a model string is for the built-in agent only.")
         with transaction.atomic():
-            card = Card.objects.select_for_update().select_related("project", "agent").get(pk=self.pk)
+            card = Card.objects.select_for_update(of=("self",)).select_related("project", "agent").get(pk=self.pk)
             if card.column == Column.DONE:
                 raise BoardError("This card is done; create a new card for more work.")
             if card.column != Column.BACKLOG or card.has_active_run():

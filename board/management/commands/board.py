@@ -29,6 +29,18 @@ def worker_alive(host: str, pid: int | None) -> bool:
     return pid is not None and psutil.pid_exists(pid)
 
 
+def left_by_a_dead_worker(host: str, pid: int | None) -> bool:
+    """At start-up, whether a run claimed by (``host``, ``pid``) has lost its worker. Runs of
+    other nodes (see worker_alive) are theirs to judge. On its own data folder (SQLite, the folder
+    locked) nothing of this node runs yet, so every run of this node is dead: checking pids would
+    take a pid reused since a reboot for the old worker. On a shared database (DATABASE_URL) other
+    worker processes of this node may be running their runs (a plain qcluster beside
+    `board --no-web`, a second worker service), so only a run whose pid is gone is dead."""
+    if settings.DATABASE_URL:
+        return not worker_alive(host, pid)
+    return not worker_alive(host, None)  # no pid of this node's is alive yet
+
+
 def set_parent_death_signal(signum: int) -> None:
     """Ask Linux to send ``signum`` to this process when its parent dies, however that happens
     (prctl PR_SET_PDEATHSIG, man 2 prctl; a no-op where there is no such call). Forked children
@@ -68,28 +80,37 @@ def _lock_holders(path) -> str:
 
 
 class Command(BaseCommand):
-    help = "Start the board: the web server (daphne) and the workers (django-q2) together; Ctrl-C stops both."
+    help = (
+        "Start the board: the web server (daphne) and the workers (django-q2) together; Ctrl-C stops both. "
+        "With --no-web, only the workers (a team server's worker service; docs/team-server.md)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default=settings.BOARD_HOST, help="Address to listen on (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=settings.BOARD_PORT, help="Port (default 8300).")
         parser.add_argument("--workers", type=int, default=settings.BOARD_WORKERS, help="Parallel agent runs.")
+        parser.add_argument(
+            "--no-web", action="store_true",
+            help="Run only the workers, with the board's start-up and checks for runs whose worker died; "
+                 "the web server runs apart (daphne), as on a team server.",
+        )
 
-    def handle(self, *args, host, port, workers, **options):
+    def handle(self, *args, host, port, workers, no_web=False, **options):
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
         if not 0 < port < 65536:
             raise CommandError("--port must be between 1 and 65535.")
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in ("127.0.0.1", "localhost", "::1") and not no_web:
             self.stderr.write(
                 f"Listening on {host}: everyone must log in (README, \"Sharing it\"). Make the first account with "
                 "manage.py createsuperuser, and add the names people use to DJANGO_ALLOWED_HOSTS."
             )
         self._lock = self._take_data_folder()
-        self._check_port_free(host, port)
+        if not no_web:
+            self._check_port_free(host, port)
         call_command("migrate", interactive=False, verbosity=0)
-        # Nothing of ours runs yet, so a run still marked running here has lost its process.
-        stale = runner.interrupt_orphans(lambda host_, pid: host_ != socket.gethostname(), reason="the board stopped while it ran")
+        # A run still marked running whose worker is gone has lost its process.
+        stale = runner.interrupt_orphans(lambda host_, pid: not left_by_a_dead_worker(host_, pid), reason="the board stopped while it ran")
         if stale:
             self.stdout.write(f"Marked {stale} run(s) left running by a previous board as interrupted.")
         for path in runner.sweep_worktrees():
@@ -107,27 +128,33 @@ class Command(BaseCommand):
         # left (this process killed with -9, say) no second board starts on the same folder; and
         # they are killed when this process dies (PR_SET_PDEATHSIG).
         options = dict(cwd=base, env=env, start_new_session=True, pass_fds=(self._lock.fileno(),))
-        self.children = [
+        self.children = [] if no_web else [
             subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "config.asgi:application"],
                 preexec_fn=_die_with_parent, **options,
             ),
-            # board_workers arranges its own end with the board, for its whole process group.
-            subprocess.Popen([sys.executable, "manage.py", "board_workers"], **options),
         ]
+        # board_workers arranges its own end with the board, for its whole process group.
+        self.children.append(subprocess.Popen([sys.executable, "manage.py", "board_workers"], **options))
         self.stopping = False
         # Ctrl-C, a kill, or the terminal closing: all stop the board the same orderly way.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         code = 0
         try:
-            if not self._wait_for_port(host, port):
+            if no_web:
+                self.stdout.write(
+                    f"Board workers running: {workers} worker(s) on {socket.gethostname()}; data in {settings.DATA_DIR}. "
+                    "Press Ctrl-C to stop."
+                )
+            elif not self._wait_for_port(host, port):
                 raise CommandError(f"The web server did not start on {host}:{port} (is the port in use?).")
-            shown = f"[{host}]" if ":" in host else host
-            self.stdout.write(
-                f"Board running at http://{shown}:{port}/ with {workers} worker(s); data in {settings.DATA_DIR}. "
-                "Press Ctrl-C to stop."
-            )
+            else:
+                shown = f"[{host}]" if ":" in host else host
+                self.stdout.write(
+                    f"Board running at http://{shown}:{port}/ with {workers} worker(s); data in {settings.DATA_DIR}. "
+                    "Press Ctrl-C to stop."
+                )
             self.stdout.flush()
             last_check = time.monotonic()
             while not self.stopping:
