@@ -112,6 +112,25 @@ def clean_env_name(value: str) -> str:
     return value
 
 
+def clean_no_key(value: str) -> str:
+    """``value`` (a command line) unless it holds a key: the value of one of the board's
+    secret-looking environment variables (agents.secrets), or a word that starts like a
+    provider's key (KEY_PREFIXES) and is 20 characters or more with a digit. Such a value would
+    be stored and shown in plain text; the command should read the variable instead."""
+    from agents.secrets import redactor
+
+    value = value or ""
+    found = re.search(r"\[redacted: ([^\]]+)\]", redactor().text(value))
+    if found:
+        name = found.group(1).split()[0]
+        raise forms.ValidationError(f"This holds the value of ${name}; write ${name} instead, so the key is never stored or shown.")
+    for word in re.findall(r"[\w.-]+", value):
+        if word.startswith(KEY_PREFIXES) and len(word) >= 20 and any(c.isdigit() for c in word):
+            raise forms.ValidationError("This looks like an API key; set it in an environment variable of the board and "
+                                        "write $NAME here instead, so the key is never stored or shown.")
+    return value
+
+
 HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
 
 
@@ -289,6 +308,12 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         if value is not None and value < 1024:
             raise forms.ValidationError("A context window under 1,024 tokens cannot hold the agent's instructions.")
         return value
+
+    def clean_setup_command(self):
+        return clean_no_key(self.cleaned_data.get("setup_command", ""))
+
+    def clean_check_command(self):
+        return clean_no_key(self.cleaned_data.get("check_command", ""))
 
     def clean_mcp_servers(self):
         from agents.mcp_tools import parse_servers
@@ -468,6 +493,9 @@ class AgentForm(ModelFieldsMixin, forms.ModelForm):
         if not name:
             raise forms.ValidationError("Give the agent a name.")
         return name
+
+    def clean_command(self):
+        return clean_no_key(self.cleaned_data.get("command", ""))
 
     def clean(self):
         data = super().clean()

@@ -1005,7 +1005,9 @@ class Run(models.Model):
 
     def save_progress(self, agent_state: dict) -> None:
         """Store the built-in agent's state after a step, with the run's steps, tokens and cost
-        counted from ``agent_state["budget_base"]`` (what the conversation had used before this run)."""
+        counted from ``agent_state["budget_base"]`` (what the conversation had used before this run).
+        Secret values in it (a key a command printed, say) are stored redacted, as in the log."""
+        agent_state = self.redactor().data(agent_state)
         base = agent_state.get("budget_base") or {}
         usage = agent_state.get("usage") or {}
         self.agent_state = agent_state
@@ -1020,7 +1022,8 @@ class Run(models.Model):
         longer running or the lead asked it to stop meanwhile (the caller ends it instead)."""
         with transaction.atomic():
             if not Run.objects.filter(pk=self.pk, state=RunState.RUNNING, stop_requested=False).update(
-                state=RunState.AWAITING_APPROVAL, pending=pending, agent_state=agent_state, worker_host="", worker_pid=None
+                state=RunState.AWAITING_APPROVAL, pending=self.redactor().data(pending),
+                agent_state=self.redactor().data(agent_state), worker_host="", worker_pid=None
             ):
                 return False
             self.state, self.pending = RunState.AWAITING_APPROVAL, pending

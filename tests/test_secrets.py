@@ -147,3 +147,37 @@ def test_the_models_page_says_whether_a_key_is_set_but_never_shows_it(client, db
     page = client.get(reverse("models")).content.decode()
     assert "$PLAINLY_NAMED" in page and MODEL_KEY not in page
     assert "not set in the board" in page.split("UNSET_KEY_VARIABLE", 1)[1].split("</tr>", 1)[0]
+
+
+def test_the_builtin_agent_s_stored_conversation_holds_no_key(make_card, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-conversation-key-123")
+    run = make_card("true").start()
+    run.save_progress({"steps": 1, "messages": [{"role": "tool", "content": "printed sk-conversation-key-123"}]})
+    run.refresh_from_db()
+    assert run.agent_state["messages"][0]["content"] == "printed [redacted: OPENAI_API_KEY]"
+
+
+def test_a_command_line_holding_a_key_is_refused_with_the_variable_to_use(db, monkeypatch):
+    from board.forms import AgentForm, clean_no_key
+    from django import forms
+
+    monkeypatch.setenv("PLAINLY_TOKEN", "plain-token-value-99")
+    form = AgentForm({"name": "mine", "kind": "command", "command": "tool --token plain-token-value-99"})
+    assert not form.is_valid()
+    assert "write $PLAINLY_TOKEN instead" in form.errors["command"][0]
+    form = AgentForm({"name": "aider", "kind": "command", "command": "aider --api-key sk-proj-a1b2c3d4e5f6g7h8i9"})
+    assert not form.is_valid() and "looks like an API key" in form.errors["command"][0]
+    assert clean_no_key('aider --api-key "$OPENAI_API_KEY" --model sk-short') == 'aider --api-key "$OPENAI_API_KEY" --model sk-short'
+    with pytest.raises(forms.ValidationError):
+        clean_no_key("curl -H 'Authorization: Bearer ghp_abcdefghijklmnop1234' x")
+
+
+def test_the_project_s_setup_and_check_commands_refuse_a_key_too(client, project, monkeypatch):
+    monkeypatch.setenv("DEPLOY_PASSWORD", "deploy-password-42")
+    response = client.post(reverse("project_settings", args=[project.pk]), {
+        "name": project.name, "base_branch": "main", "branch_prefix": "agent", "approvals": "auto",
+        "land_mode": "merge", "setup_command": "login --password deploy-password-42",
+        "check_command": "make check"})
+    project.refresh_from_db()
+    assert project.setup_command == ""
+    assert "write $DEPLOY_PASSWORD instead" in response.content.decode()
