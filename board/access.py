@@ -227,8 +227,10 @@ def role_context(request) -> dict:
     """Template context processor: ``board_role``, the user's role where the page is (for
     ``<body data-role>``: the cached card partials, shared by all users, carry every button, and
     CSS hides those a viewer or member may not use; the views refuse them anyway), read only when
-    a template uses it."""
-    return {"board_role": SimpleLazyObject(lambda: current_role(request))}
+    a template uses it; and ``board_admin``, whether the user may add projects and agents
+    (``may_manage_board``)."""
+    return {"board_role": SimpleLazyObject(lambda: current_role(request)),
+            "board_admin": SimpleLazyObject(lambda: may_manage_board(getattr(request, "user", None)))}
 
 
 def may_watch(scope, project_id: int) -> bool:

@@ -183,7 +183,7 @@ def test_the_one_local_user_on_loopback_needs_no_login(world, address):
 
 
 @override_settings(BOARD_LOGIN_REQUIRED=True)
-def test_home_lists_only_the_projects_a_person_may_see(world, make_repo):
+def test_home_lists_only_the_projects_a_person_may_see_and_the_forms_only_an_administrator_may_use(world, make_repo):
     from board.models import Project
 
     hidden = Project.objects.create(name="secret-project", repo_path=str(make_repo("other")), base_branch="main")
@@ -191,8 +191,12 @@ def test_home_lists_only_the_projects_a_person_may_see(world, make_repo):
     client.force_login(world["people"]["viewer"])
     page = client.get("/").content.decode()
     assert world["project"].name in page and hidden.name not in page
+    assert 'id="project-form"' not in page  # only an administrator adds projects
+    assert 'id="agent-form"' not in client.get("/agents/").content.decode()
     client.force_login(world["people"]["superuser"])
-    assert hidden.name in client.get("/").content.decode()
+    page = client.get("/").content.decode()
+    assert hidden.name in page and 'id="project-form"' in page
+    assert 'id="agent-form"' in client.get("/agents/").content.decode()
 
 
 @override_settings(BOARD_LOGIN_REQUIRED=True)
