@@ -264,3 +264,11 @@ def test_setting_the_same_labels_again_records_no_event(make_card):
     card.set_labels(["a", "b"])
     card.set_labels(["a", "b"])
     assert Event.objects.filter(card_id=card.pk, text="labels set").count() == 1
+
+
+def test_the_list_of_keys_names_the_keys_that_move_a_card(client, project):
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    keys = page[page.index('id="keys-help"'):page.index("</dialog>")]
+    assert "<kbd>Alt</kbd>+<kbd>←</kbd> <kbd>Alt</kbd>+<kbd>→</kbd>" in keys
+    assert "<kbd>Alt</kbd>+<kbd>↑</kbd> <kbd>Alt</kbd>+<kbd>↓</kbd>" in keys
+    assert 'id="dnd-status" class="sr-only" role="status" aria-live="polite"' in page  # where moves are said
