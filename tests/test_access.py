@@ -193,7 +193,10 @@ def test_home_lists_only_the_projects_a_person_may_see_and_the_forms_only_an_adm
     assert world["project"].name in page and hidden.name not in page
     assert 'id="project-form"' not in page  # only an administrator adds projects
     assert 'id="agent-form"' not in client.get("/agents/").content.decode()
+    world["project"].__class__.objects.filter(pk=hidden.pk).update(model="secret-model/x")
+    assert "secret-model" not in client.get("/models/").content.decode()  # nor its settings
     client.force_login(world["people"]["superuser"])
+    assert "secret-model" in client.get("/models/").content.decode()
     page = client.get("/").content.decode()
     assert hidden.name in page and 'id="project-form"' in page
     assert 'id="agent-form"' in client.get("/agents/").content.decode()
