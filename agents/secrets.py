@@ -28,6 +28,7 @@ GIT_REDIRECT_NAMES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_
 MIN_SECRET_CHARS = 8
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every variable at every stored event
 def looks_secret(name: str) -> bool:
     """Whether the environment variable ``name`` looks like it holds a secret (see SECRET_WORDS)."""
     return bool(_SECRET_NAME.search(name))
@@ -72,6 +73,7 @@ def command_environment(
     return env
 
 
+@functools.lru_cache(maxsize=64)
 def url_password(url: str) -> str:
     """The password in a URL such as ``postgres://board:pw@host/db`` or ``redis://:pw@host:6379/0``
     (percent-decoded); "" when it has none or does not parse."""
@@ -142,12 +144,16 @@ def secret_values(
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_redactor(secrets: frozenset) -> Redactor:
-    return Redactor(dict(secrets))
+def _cached_redactor(environ: frozenset, own_key_env: str | None, board_secrets: tuple) -> Redactor:
+    return Redactor(secret_values(os.environ, own_key_env, board_secrets))
 
 
 def redactor(own_key_env: str | None = None, board_secrets: Iterable[tuple[str, str]] = ()) -> Redactor:
-    """The :class:`Redactor` for the current environment and the run's model key variable
-    ``own_key_env``; compiled once per distinct set of secrets in this process, so asking again
-    costs a scan of the environment's names, not a new regex."""
-    return _cached_redactor(frozenset(secret_values(os.environ, own_key_env, tuple(board_secrets)).items()))
+    """The :class:`Redactor` for the current environment, the run's model key variable
+    ``own_key_env`` and ``board_secrets`` (see :func:`secret_values`). Built and compiled once
+    per process for each distinct environment: asking again costs a look at the environment's
+    raw entries (some microseconds), since every stored event of a run asks."""
+    # os.environ keeps its entries as bytes in _data; a set of those is a cheap exact key.
+    raw = getattr(os.environ, "_data", None)
+    key = frozenset(raw.items()) if isinstance(raw, dict) else frozenset(os.environ.items())
+    return _cached_redactor(key, own_key_env, tuple(board_secrets))
