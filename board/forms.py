@@ -10,6 +10,7 @@ from django.db import models
 
 from agents import worktrees
 from board.models import Agent, Approvals, BoardError, Card, Column, LandMode, Mode, Project, Role, Run
+from board.models import Webhook, WebhookEvent
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROMPT_LIMIT = 100_000  # characters; a prompt is also passed in an environment variable (Linux caps one at 128 KiB)
@@ -682,3 +683,60 @@ class RoleForm(forms.Form):
         if not data.get("remove") and not data.get("role"):
             raise forms.ValidationError("Choose a role, or remove the member.")
         return data
+
+
+WEBHOOK_URL_MESSAGE = "Give an http:// or https:// URL, such as https://hooks.slack.com/services/… or http://ci.local:8080/hook."
+
+
+def clean_webhook_url(value: str) -> str:
+    """A URL the board may POST to: http or https, a host (a name, one-label intranet names
+    included, or an IP address), a port up to 65535, no spaces or control characters."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    value = (value or "").strip()
+    if not value.lower().startswith(("http://", "https://")) or not value.isprintable() or " " in value:
+        raise forms.ValidationError(WEBHOOK_URL_MESSAGE)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError beyond 65535
+    except ValueError:
+        raise forms.ValidationError(WEBHOOK_URL_MESSAGE) from None
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_NAME.match(host):
+            raise forms.ValidationError(WEBHOOK_URL_MESSAGE) from None
+    if port == 0 or len(value) > 2000:
+        raise forms.ValidationError(WEBHOOK_URL_MESSAGE)
+    return value
+
+
+class WebhookForm(forms.Form):
+    """Add a webhook to a project (its settings page, ``manage.py project webhook add``): the URL,
+    the card events it hears about (none ticked: all of them) and whether to send Slack's form.
+    A plain form, not a ModelForm: the model's URLField would refuse one-label intranet hosts
+    (http://ci:8080/hook) that clean_webhook_url accepts."""
+
+    url = forms.CharField(max_length=2000, label="URL", help_text="The board POSTs JSON here.")
+    events = forms.MultipleChoiceField(
+        choices=WebhookEvent.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every event.",
+        error_messages={"invalid_choice": "Choose events among: " + ", ".join(WebhookEvent.values) + "."},
+    )
+    slack = forms.BooleanField(
+        required=False, label="Slack form",
+        help_text="Send {\"text\": one line with a link}, as Slack's and Mattermost's incoming webhooks take.",
+    )
+
+    def clean_url(self):
+        return clean_webhook_url(self.cleaned_data["url"])
+
+    def clean_events(self):
+        return [value for value in WebhookEvent.values if value in self.cleaned_data["events"]]
+
+    def save(self, project: Project) -> Webhook:
+        """The new, enabled Webhook of ``project``."""
+        data = self.cleaned_data
+        return Webhook.objects.create(project=project, url=data["url"], events=data["events"], slack=data["slack"])

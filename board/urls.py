@@ -36,6 +36,7 @@ urlpatterns = [
     path("cards/<int:card_id>/mark-done", views.card_mark_done, name="card_mark_done"),
     path("runs/<int:run_id>/decide", views.run_decide, name="run_decide"),
     path("projects/<int:project_id>/settings", views.project_settings, name="project_settings"),
+    path("projects/<int:project_id>/webhooks", views.project_webhooks, name="project_webhooks"),
     path("projects/<int:project_id>/start-all", views.project_start_all, name="project_start_all"),
     # People and permissions (issue 8): a project's members and its audit log, a maintainer's.
     path("projects/<int:project_id>/members", people.members, name="members"),

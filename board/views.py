@@ -28,10 +28,11 @@ from board.forms import (
     ProjectForm,
     ProjectSettingsForm,
     SendCommentsForm,
+    WebhookForm,
 )
 from board import access, review
 from board.models import Agent, BoardError, Card, Column, LandMode, Project, Role, Run, RunState
-from board.models import DiffComment, Event
+from board.models import DiffComment, Event, WebhookEvent
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens (or per "Load earlier"); the rest stays in the table
@@ -702,14 +703,51 @@ def project_settings(request, project_id):
         access.audit(request.user, "settings", project=project, changed=form.changed_data)
         messages.success(request, "Settings saved; runs that start from now on use them.")
         return redirect("project_settings", project_id=project.pk)
-    return render(request, "board/project_settings.html", {"project": project, "form": form},
-                  status=422 if form.errors else 200)
+    context = {"project": project, "form": form, **webhooks_context(project)}
+    return render(request, "board/project_settings.html", context, status=422 if form.errors else 200)
 
 
-def configured_models(projects=None) -> list[dict]:
+def webhooks_context(project: Project, form: WebhookForm | None = None) -> dict:
+    """The settings page's Webhooks panel: the project's webhooks, each with ``last`` (its latest
+    WebhookDelivery, or None) and ``event_labels`` (what it hears about), and the form to add one."""
+    hooks = list(project.webhooks.all())
+    labels = dict(WebhookEvent.choices)
+    for hook in hooks:
+        hook.last = hook.deliveries.first()
+        hook.event_labels = [labels.get(event, event).lower() for event in hook.events]
+    return {"webhooks": hooks, "webhook_form": form or WebhookForm()}
+
+
+@require_POST
+@access.role_required(Role.MAINTAINER)
+def project_webhooks(request, project_id):
+    """Add a webhook to the project (the form's fields), or with ``delete=<id>`` remove one of its
+    webhooks; back to the settings page, or the page again with the form's errors (422)."""
+    project = get_object_or_404(Project, pk=project_id)
+    if "delete" in request.POST:
+        raw = request.POST["delete"].strip()
+        hook = project.webhooks.filter(pk=int(raw)).first() if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+        if hook is None:
+            messages.error(request, "That webhook is gone already.")
+        else:
+            hook.delete()
+            access.audit(request.user, "webhook removed", project=project, url=hook.url)
+            messages.success(request, f"Webhook {hook.url} removed.")
+        return redirect("project_settings", project_id=project.pk)
+    form = WebhookForm(request.POST)
+    if not form.is_valid():
+        context = {"project": project, "form": ProjectSettingsForm(instance=project), **webhooks_context(project, form)}
+        return render(request, "board/project_settings.html", context, status=422)
+    hook = form.save(project)
+    access.audit(request.user, "webhook added", project=project, url=hook.url, events=hook.events, slack=hook.slack)
+    messages.success(request, f"Webhook {hook.url} added: it hears about "
+                              f"{', '.join(WebhookEvent(e).label.lower() for e in hook.events) or 'every event'}.")
+    return redirect("project_settings", project_id=project.pk)
+
+
+def configured_models() -> list[dict]:
     """Every distinct model the board is set to use, with where it is set: ``[{"model",
-    "api_base", "api_key_env", "key_set", "used_by": [str]}]``; of the projects in ``projects``
-    (a Project queryset: those the reader may see) and their cards only, when given."""
+    "api_base", "api_key_env", "key_set", "used_by": [str]}]``."""
     rows: dict[tuple, dict] = {}
 
     def add(model, api_base, api_key_env, where):
@@ -721,19 +759,17 @@ def configured_models(projects=None) -> list[dict]:
         })
         row["used_by"].append(where)
 
-    projects = Project.objects.all() if projects is None else projects
-    for project in projects.exclude(model=""):
+    for project in Project.objects.exclude(model=""):
         add(project.model, project.api_base, project.api_key_env, f"project {project.name}")
     for agent in Agent.objects.filter(kind=Agent.Kind.BUILTIN).exclude(model=""):
         add(agent.model, agent.api_base, agent.api_key_env, f"agent {agent.name}")
-    for card in Card.objects.filter(project__in=projects).exclude(model="").only("pk", "model", "api_base", "api_key_env"):
+    for card in Card.objects.exclude(model="").only("pk", "model", "api_base", "api_key_env"):
         add(card.model, card.api_base, card.api_key_env, f"card #{card.pk}")
     return list(rows.values())
 
 
 def models_page(request):
-    models = configured_models(access.visible_projects(request.user))
-    return render(request, "board/models.html", {"models": models, "form": ModelTestForm()})
+    return render(request, "board/models.html", {"models": configured_models(), "form": ModelTestForm()})
 
 
 @require_POST

@@ -51,6 +51,7 @@ RULES = {
     "card_mark_done": ("post", X),
     "run_decide": ("post", M),
     "project_settings": ("get", X),
+    "project_webhooks": ("post", X),
     "project_start_all": ("post", M),
     "members": ("get", X),
     "member_change": ("post", X),

@@ -248,3 +248,40 @@ def test_post_json_reports_refusals_redirects_and_bad_urls_without_raising(recei
     redirect = post_json(receiver([302]).url, {"a": "é"}, timeout=1)
     assert redirect.status == 302 and not redirect.ok
     assert post_json(receiver([204]).url, {}, timeout=1).ok
+
+
+def test_a_maintainer_adds_lists_and_deletes_webhooks_on_the_settings_page(project):
+    from django.test import Client
+
+    client = Client(HTTP_HOST="127.0.0.1", raise_request_exception=True)
+    url = f"/projects/{project.pk}/webhooks"
+    response = client.post(url, {"url": "https://hooks.example.test/T1/B2", "events": ["failed", "landed"], "slack": "on"})
+    assert response.status_code == 302 and response["Location"] == f"/projects/{project.pk}/settings"
+    hook = Webhook.objects.get()
+    assert (hook.url, hook.events, hook.slack, hook.enabled) == ("https://hooks.example.test/T1/B2", ["failed", "landed"], True, True)
+    WebhookDelivery.objects.create(webhook=hook, event="failed", state="failed", attempts=6, last_error="HTTP 404 Not Found")
+    page = client.get(f"/projects/{project.pk}/settings").content.decode()
+    row = page[page.index(f'id="webhook-{hook.pk}"'):]
+    row = row[:row.index("</tr>")]
+    assert "failed, landed" in row and "Slack" in row and "Given up" in row and "HTTP 404 Not Found" in row
+    assert 'id="webhook-form"' in page
+    client.post(url, {"url": "http://ci:8080/hook"})
+    assert Webhook.objects.get(url="http://ci:8080/hook").events == [] and "every event" in client.get(
+        f"/projects/{project.pk}/settings").content.decode()
+    assert client.post(url, {"delete": str(hook.pk)}).status_code == 302
+    assert list(Webhook.objects.values_list("url", flat=True)) == ["http://ci:8080/hook"]
+    gone = client.post(url, {"delete": "junk"}, follow=True).content.decode()
+    assert "gone already" in gone
+
+
+@pytest.mark.parametrize("bad", ["ftp://example.test/x", "javascript:alert(1)", "hooks.example.test/x", "http://", "",
+                                 "http://exa mple.test/", "http://example.test:99999/", "https://\x00/"])
+def test_a_webhook_url_that_is_not_http_is_refused_with_a_clear_message(project, bad):
+    from django.test import Client
+
+    client = Client(HTTP_HOST="127.0.0.1", raise_request_exception=True)
+    response = client.post(f"/projects/{project.pk}/webhooks", {"url": bad, "events": ["review"]})
+    assert response.status_code == 422 and not Webhook.objects.exists()
+    assert "http:// or https:// URL" in response.content.decode() or "required" in response.content.decode()
+    odd = client.post(f"/projects/{project.pk}/webhooks", {"url": "https://ok.test/", "events": ["nope"]})
+    assert odd.status_code == 422 and "Choose events among" in odd.content.decode()
