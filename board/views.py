@@ -745,9 +745,10 @@ def project_webhooks(request, project_id):
     return redirect("project_settings", project_id=project.pk)
 
 
-def configured_models() -> list[dict]:
+def configured_models(projects=None) -> list[dict]:
     """Every distinct model the board is set to use, with where it is set: ``[{"model",
-    "api_base", "api_key_env", "key_set", "used_by": [str]}]``."""
+    "api_base", "api_key_env", "key_set", "used_by": [str]}]``; of the projects in ``projects``
+    (a Project queryset: those the reader may see) and their cards only, when given."""
     rows: dict[tuple, dict] = {}
 
     def add(model, api_base, api_key_env, where):
@@ -759,17 +760,19 @@ def configured_models() -> list[dict]:
         })
         row["used_by"].append(where)
 
-    for project in Project.objects.exclude(model=""):
+    projects = Project.objects.all() if projects is None else projects
+    for project in projects.exclude(model=""):
         add(project.model, project.api_base, project.api_key_env, f"project {project.name}")
     for agent in Agent.objects.filter(kind=Agent.Kind.BUILTIN).exclude(model=""):
         add(agent.model, agent.api_base, agent.api_key_env, f"agent {agent.name}")
-    for card in Card.objects.exclude(model="").only("pk", "model", "api_base", "api_key_env"):
+    for card in Card.objects.filter(project__in=projects).exclude(model="").only("pk", "model", "api_base", "api_key_env"):
         add(card.model, card.api_base, card.api_key_env, f"card #{card.pk}")
     return list(rows.values())
 
 
 def models_page(request):
-    return render(request, "board/models.html", {"models": configured_models(), "form": ModelTestForm()})
+    models = configured_models(access.visible_projects(request.user))
+    return render(request, "board/models.html", {"models": models, "form": ModelTestForm()})
 
 
 @require_POST
