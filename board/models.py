@@ -1092,13 +1092,17 @@ class Run(models.Model):
         return "sandboxed, network allowed" if self._sandbox_network else "sandboxed"
 
     def model_key_env(self) -> str:
-        """The NAME of the environment variable holding this run's model key: the card's model
-        setting's (Card.model_settings), else the first ``api_key_env`` set on the card, its
-        project or the run's agent; "" when none. Read once per instance."""
+        """The NAME of the environment variable holding this run's model key ("" when none): for a
+        command agent the first ``api_key_env`` set on the agent, the card or its project (the
+        agent knows which provider its program calls); for the built-in agent its model setting's
+        (Card.model_settings). Read once per instance."""
         if getattr(self, "_model_key_env", None) is None:
-            card = self.card
-            self._model_key_env = (card.model_settings()["api_key_env"] or card.api_key_env
-                                   or card.project.api_key_env or self.agent.api_key_env or "")
+            card, agent = self.card, self.agent
+            if agent.kind == Agent.Kind.COMMAND:
+                name = agent.api_key_env or card.api_key_env or card.project.api_key_env
+            else:
+                name = card.model_settings()["api_key_env"]
+            self._model_key_env = name or ""
         return self._model_key_env
 
     def redactor(self):

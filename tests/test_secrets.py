@@ -181,3 +181,15 @@ def test_the_project_s_setup_and_check_commands_refuse_a_key_too(client, project
     project.refresh_from_db()
     assert project.setup_command == ""
     assert "write $DEPLOY_PASSWORD instead" in response.content.decode()
+
+
+def test_a_command_agent_gets_the_key_its_agent_names_before_the_project_s_model_key(make_card, monkeypatch, tmp_path, project):
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key-value")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "anthropic-key-value")
+    project.model, project.api_key_env = "openai/gpt-4o-mini", "OPENAI_API_KEY"  # the built-in agent's
+    project.save()
+    dump = tmp_path / "env.txt"
+    run = start_and_run(make_card(f"env > {dump}", api_key_env="ANTHROPIC_API_KEY"))
+    assert run.state == RunState.SUCCEEDED, run.error
+    text = dump.read_text()
+    assert "ANTHROPIC_API_KEY=anthropic-key-value" in text and "OPENAI_API_KEY" not in text
