@@ -285,3 +285,25 @@ def test_a_webhook_url_that_is_not_http_is_refused_with_a_clear_message(project,
     assert "http:// or https:// URL" in response.content.decode() or "required" in response.content.decode()
     odd = client.post(f"/projects/{project.pk}/webhooks", {"url": "https://ok.test/", "events": ["nope"]})
     assert odd.status_code == 422 and "Choose events among" in odd.content.decode()
+
+
+def test_the_project_command_adds_lists_and_removes_webhooks(project, capsys):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    call_command("project", "webhook", "add", str(project.pk), "https://chat.example.test/hook", "--events",
+                 "landed, failed", "--slack")
+    hook = Webhook.objects.get(pk=int(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert (hook.events, hook.slack) == (["failed", "landed"], True)
+    WebhookDelivery.objects.create(webhook=hook, event="landed", state="delivered", attempts=1)
+    call_command("project", "webhook", "list", str(project.pk))
+    assert capsys.readouterr().out.split("\t") == [str(hook.pk), "demo", hook.url, "failed,landed", "slack",
+                                                   "delivered (landed, 1 attempt(s))\n"]
+    with pytest.raises(CommandError, match="http:// or https://"):
+        call_command("project", "webhook", "add", str(project.pk), "file:///etc/passwd")
+    with pytest.raises(CommandError, match="Choose events among"):
+        call_command("project", "webhook", "add", str(project.pk), "https://x.test/", "--events", "everything")
+    call_command("project", "webhook", "remove", str(hook.pk))
+    assert not Webhook.objects.exists()
+    with pytest.raises(CommandError, match="No webhook"):
+        call_command("project", "webhook", "remove", str(hook.pk))

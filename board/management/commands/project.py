@@ -4,9 +4,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import BooleanField
 from django.forms.models import model_to_dict
 
-from board.forms import ProjectForm, ProjectSettingsForm
+from board.forms import ProjectForm, ProjectSettingsForm, WebhookForm
 from board.management.commands._cli import form_errors
-from board.models import Project
+from board.models import Project, Webhook
 
 
 SETTINGS = ProjectSettingsForm._meta.fields
@@ -34,6 +34,16 @@ class Command(BaseCommand):
         change.add_argument("id", type=int)
         for name in SETTINGS:
             change.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+        hooks = sub.add_parser("webhook", help="A project's outgoing webhooks: add, list, remove.")
+        verbs = hooks.add_subparsers(dest="verb", required=True)
+        hook_add = verbs.add_parser("add", help="POST card events of project ID to URL; prints the webhook's id last.")
+        hook_add.add_argument("id", type=int)
+        hook_add.add_argument("url")
+        hook_add.add_argument("--events", default="", help="Comma-separated: approval, failed, review, landed (default: all).")
+        hook_add.add_argument("--slack", action="store_true", help="Send Slack's form: {\"text\": one line with a link}.")
+        verbs.add_parser("list", help="List webhooks: id, project, URL, events, form, last delivery.").add_argument(
+            "id", type=int, nargs="?", help="Only this project's.")
+        verbs.add_parser("remove", help="Remove a webhook.").add_argument("webhook_id", type=int)
 
     def handle(self, *args, action, **options):
         if action == "list":
@@ -42,6 +52,8 @@ class Command(BaseCommand):
             return
         if action == "set":
             return self.do_set(options)
+        if action == "webhook":
+            return getattr(self, f"do_webhook_{options['verb']}")(options)
         form = ProjectForm(
             {"repo_path": os.path.abspath(os.path.expanduser(options["path"])), "base_branch": options["base"], "name": options["name"],
              "branch_prefix": options["prefix"], "copy_files": "\n".join(options["copy"]),
@@ -70,3 +82,33 @@ class Command(BaseCommand):
             raise form_errors(form)
         form.save()
         self.stdout.write(f"Settings of '{project.name}' saved")
+
+    def do_webhook_add(self, options):
+        project = Project.objects.filter(pk=options["id"]).first()
+        if project is None:
+            raise CommandError(f"No project with id {options['id']}.")
+        events = [part.strip() for part in options["events"].split(",") if part.strip()]
+        form = WebhookForm({"url": options["url"], "events": events, "slack": options["slack"]})
+        if not form.is_valid():
+            raise form_errors(form)
+        hook = form.save(project)
+        self.stdout.write(f"Webhook for '{project.name}' added: {hook.url} ({', '.join(hook.events) or 'every event'}"
+                          f"{', Slack form' if hook.slack else ''})")
+        self.stdout.write(str(hook.pk))
+
+    def do_webhook_list(self, options):
+        hooks = Webhook.objects.select_related("project")
+        if options["id"] is not None:
+            hooks = hooks.filter(project_id=options["id"])
+        for hook in hooks:
+            last = hook.deliveries.first()
+            said = (f"{last.state} ({last.event}, {last.attempts} attempt(s){', ' + last.last_error if last.last_error else ''})"
+                    if last else "no delivery yet")
+            self.stdout.write(f"{hook.pk}\t{hook.project.name}\t{hook.url}\t{','.join(hook.events) or 'all'}"
+                              f"\t{'slack' if hook.slack else 'json'}\t{said}")
+
+    def do_webhook_remove(self, options):
+        deleted, _ = Webhook.objects.filter(pk=options["webhook_id"]).delete()
+        if not deleted:
+            raise CommandError(f"No webhook with id {options['webhook_id']}.")
+        self.stdout.write(f"Webhook {options['webhook_id']} removed.")
