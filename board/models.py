@@ -7,6 +7,7 @@ may know which"). Only the server moves a run or a card; the methods here are th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import NamedTuple
 
 from django.conf import settings
@@ -499,10 +500,24 @@ class Card(models.Model):
             try:
                 card.start()
             except BoardError as exc:
-                Event.record(card, None, "card", f"could not start by itself: {exc}", {})
+                with transaction.atomic():
+                    Event.record(card, None, "card", f"{START_FAILED}{exc}", {})
+                    # A changed card: boards render it afresh (their kept HTML is keyed by its fields).
+                    Card.objects.filter(pk=card.pk).update(updated_at=timezone.now())
                 continue
             started.append(card)
         return started
+
+    @cached_property
+    def start_failure(self) -> str:
+        """Why this card did not start by itself when the last card it waited for landed (the
+        reason ``start_ready_dependents`` recorded), while that still holds: the card asked to,
+        sits in the Backlog, waits for nothing and has not been started since; "" otherwise. Reads
+        one event, and only for such a card; board_context sets it for a whole board at once."""
+        if self.column != Column.BACKLOG or not self.start_when_ready or self.is_running or self.waiting_for:
+            return ""
+        found = start_failures([self])
+        return found.get(self.pk, "")
 
     def follow_up(self, text: str) -> Run:
         """Send the card back to its agent with the lead's ``text`` (see ``start``). Raises
@@ -1248,6 +1263,30 @@ class Run(models.Model):
             return None
         end = self.ended_at or timezone.now()
         return int((end - self.started_at).total_seconds())
+
+
+START_FAILED = "could not start by itself: "  # the text of the event start_ready_dependents records
+
+
+def start_failures(cards) -> dict[int, str]:
+    """``{card id: reason}`` for those of ``cards`` (Cards, their current run loaded) whose latest
+    "could not start by itself" event came after their current run was queued (or that have no
+    run): one query for all of them."""
+    cards = list(cards)
+    if not cards:
+        return {}
+    latest: dict[int, dict] = {}
+    rows = (Event.objects.filter(card_id__in=[c.pk for c in cards], kind="card", text__startswith=START_FAILED)
+            .order_by("id").values("card_id", "text", "created_at"))
+    for row in rows:
+        latest[row["card_id"]] = row
+    found = {}
+    for card in cards:
+        row = latest.get(card.pk)
+        run = card.current_run
+        if row and not (run is not None and run.queued_at and run.queued_at >= row["created_at"]):
+            found[card.pk] = row["text"][len(START_FAILED):]
+    return found
 
 
 class DiffComment(models.Model):

@@ -32,7 +32,7 @@ from board.forms import (
 )
 from board import access, review
 from board.models import Agent, BoardError, Card, Column, LandMode, Project, Role, Run, RunState
-from board.models import DiffComment, Event, WebhookEvent
+from board.models import DiffComment, Event, WebhookEvent, start_failures
 
 LOG_KINDS = ("log", "step", "state", "approval", "check", "checkpoint")  # event kinds shown as lines of a run's log
 LOG_TAIL = 500  # events shown when a card opens (or per "Load earlier"); the rest stays in the table
@@ -79,6 +79,11 @@ def board_context(project: Project, oob: bool = False) -> dict:
     last_event = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
     cards = list(project.cards.select_related("current_run").prefetch_related("agent", "depends_on")
                  .defer(*BOARD_DEFERRED))
+    # Why cards that were to start by themselves did not, in one query for the board (Card.start_failure).
+    idle = [c for c in cards if c.column == Column.BACKLOG and c.start_when_ready and not c.is_running and not c.waiting_for]
+    failures = start_failures(idle)
+    for card in idle:
+        card.start_failure = failures.get(card.pk, "")
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
         for value, label in Column.choices

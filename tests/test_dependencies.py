@@ -226,3 +226,39 @@ def test_the_board_page_renders_no_waits_for_options_until_the_list_is_opened(cl
     assert 'name="waits_for"' in form and f'hx-get="/projects/{project.pk}/cards/waitable"' in form
     assert "<option" not in form[form.index('name="waits_for"'):]
     assert f'#{first.pk} lazy first' in client.get(f"/projects/{project.pk}/cards/waitable").content.decode()
+
+
+def test_a_card_that_could_not_start_by_itself_shows_why_on_the_board_until_it_is_started(
+        client, make_card, project, django_capture_on_commit_callbacks):
+    first, waiting = make_card(title="first"), make_card(title="stuck", command="echo fine")
+    waiting.agent.enabled = False
+    waiting.agent.save()
+    waiting.set_dependencies([first], True)
+    board_url = f"/projects/{project.pk}/"
+    client.get(board_url)  # the card's HTML is kept now: the failure must still show
+    with django_capture_on_commit_callbacks(execute=True):
+        first.mark_done()
+
+    reason = f"Did not start by itself: The agent &#x27;{waiting.agent.name}&#x27; is not enabled."
+    board = client.get(board_url).content.decode()
+    tile = board[board.index(f'id="card-{waiting.pk}"'):board.index("</article>", board.index(f'id="card-{waiting.pk}"'))]
+    assert reason in tile
+    assert "Did not start by itself" in client.get(f"/cards/{waiting.pk}/").content.decode()
+    assert Card.objects.get(pk=waiting.pk).start_failure == f"The agent '{waiting.agent.name}' is not enabled."
+
+    waiting.agent.enabled = True
+    waiting.agent.save()
+    runner.execute(Card.objects.get(pk=waiting.pk).start().pk)
+    assert "Did not start by itself" not in client.get(board_url).content.decode()
+    assert Card.objects.get(pk=waiting.pk).start_failure == ""
+
+
+def test_cards_that_started_by_themselves_or_wait_still_show_no_failure(make_card, django_capture_on_commit_callbacks):
+    first, second, fine, still = make_card(title="first"), make_card(title="second"), make_card(title="fine"), make_card(title="still")
+    fine.set_dependencies([first], True)
+    still.set_dependencies([first, second], True)
+    with django_capture_on_commit_callbacks(execute=True):
+        first.mark_done()
+    assert Card.objects.get(pk=fine.pk).column == Column.IN_PROGRESS
+    assert Card.objects.get(pk=fine.pk).start_failure == ""
+    assert Card.objects.get(pk=still.pk).start_failure == ""
