@@ -66,8 +66,6 @@ def forbidden(request, exc):
     return api.create_response(request, {"detail": str(exc) or "Forbidden"}, status=403)
 
 
-# pydantic refuses lone surrogates ("\ud800") in strings itself (422), which no database stores.
-Text = str
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
@@ -145,14 +143,15 @@ class LogOut(Schema):
 
 
 class CardIn(Schema):
+    # Strings: pydantic itself refuses lone surrogates ("\ud800"), which no database stores (422).
     project: Id
-    title: Text = Field(max_length=300)
-    prompt: Text = Field("", max_length=100_000)
-    agent: Annotated[Text, Field(max_length=100)] | Id | None = Field(
+    title: str = Field(max_length=300)
+    prompt: str = Field("", max_length=100_000)
+    agent: Annotated[str, Field(max_length=100)] | Id | None = Field(
         None, description="An enabled agent's name or id; default: the project's default agent, else built-in."
     )
     mode: Literal["act", "plan"] = "act"
-    labels: list[Annotated[Text, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
+    labels: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
     depends_on: list[Id] = Field(default_factory=list, max_length=100, description="Ids of cards it waits for.")
     start_when_ready: bool = Field(False, description="Start by itself once every card it waits for has landed.")
     start: bool = Field(False, description="Start the card's agent at once.")
