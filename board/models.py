@@ -705,6 +705,15 @@ class Card(models.Model):
         cards = Card.objects.filter(variant_of_id=self.variant_of_id).select_related("project", "agent", "current_run")
         return sorted(cards, key=lambda c: (c.pk != c.variant_of_id, c.pk))
 
+    @cached_property
+    def variant_count(self) -> int:
+        """How many cards the card's group of variants holds, itself included (0 for a card in
+        no group): what its Compare link says. One query; board_context sets it for a whole board
+        from the cards it read."""
+        if self.variant_of_id is None:
+            return 0
+        return Card.objects.filter(variant_of_id=self.variant_of_id).count()
+
     def start_variants(self, choices: list[tuple[Agent, str]]) -> list[Run]:
         """Start this Backlog card on several agents or models at once. ``choices``: ``(agent,
         model)`` pairs, ``model`` a litellm model string for a built-in agent or "" for the model

@@ -4,6 +4,7 @@ redirects; none runs an agent (DESIGN.md, "Style")."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from django.conf import settings
 from django.contrib import messages
@@ -84,6 +85,10 @@ def board_context(project: Project, oob: bool = False) -> dict:
     failures = start_failures(idle)
     for card in idle:
         card.start_failure = failures.get(card.pk, "")
+    groups = Counter(c.variant_of_id for c in cards if c.variant_of_id is not None)  # variants share a project
+    for card in cards:
+        if card.variant_of_id is not None:
+            card.variant_count = groups[card.variant_of_id]
     columns = [
         {"value": value, "label": label, "cards": [c for c in cards if c.column == value]}
         for value, label in Column.choices

@@ -155,7 +155,7 @@ def test_landing_the_chosen_one_lands_it_and_removes_the_others_worktrees_branch
     assert not Run.objects.filter(state__in=("queued", "running", "awaiting_approval")).exists()
     assert not (Path(project.repo_path) / "one.txt").exists(), "the others' work did not land"
     board = client.get(f"/projects/{project.pk}/").content.decode()
-    assert f'id="card-{chosen.pk}"' in board and "variants · compare" not in board
+    assert f'id="card-{chosen.pk}"' in board and 'class="variants-link"' not in board
     assert client.get(f"/cards/{chosen.pk}/compare").status_code == 404
 
 
@@ -191,6 +191,19 @@ def test_a_card_in_a_group_links_to_the_comparison_from_its_page_and_from_the_bo
         assert "2 variants · compare" in client.get(f"/cards/{member.pk}/").content.decode()
     board = client.get(f"/projects/{project.pk}/").content.decode()
     assert board.count(f'href="/cards/{card.pk}/compare"') == 2
+    assert board.count(">Compare 2</a>") == 2, "the link says how many variants there are"
+    assert Card.objects.get(pk=card.pk).variant_count == 2 and Card.objects.get(pk=group[1].pk).variant_count == 2
+
+
+def test_the_compare_link_counts_the_variants_left_after_one_is_deleted(client, card, agents, project):
+    start_on(client, card, agents)
+    group = group_of(card)
+    assert len(group) == 3
+    board = client.get(f"/projects/{project.pk}/").content.decode()
+    assert board.count(">Compare 3</a>") == 3
+    runner.delete_card(Card.objects.get(pk=group[2].pk), delete_branch=True)
+    board = client.get(f"/projects/{project.pk}/").content.decode()
+    assert board.count(">Compare 2</a>") == 2 and ">Compare 3<" not in board
 
 
 def test_deleting_the_original_keeps_the_rest_of_the_group_together(client, card, agents):

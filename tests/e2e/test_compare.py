@@ -51,7 +51,8 @@ def test_a_card_started_on_two_agents_is_compared_and_the_chosen_one_lands(board
     variant = page.locator("#list-review article.card", has_text="Write the notes · e2e-thorough")
     expect(original).to_have_attribute("data-state", "succeeded", timeout=LIVE)
     expect(variant).to_have_attribute("data-state", "succeeded", timeout=LIVE)
-    expect(original.locator(".variants-link")).to_have_text("variants · compare")
+    expect(original.locator(".variants-link")).to_have_text("Compare 2")
+    expect(variant.locator(".variants-link")).to_have_text("Compare 2")
     variant_id = variant.get_attribute("id").removeprefix("card-")
     assert page.evaluate("window.__noReload") == 1, "the board was reloaded"
 
