@@ -16,7 +16,7 @@ import os
 
 from django.conf import settings
 
-from agents import landing_git, worktrees
+from agents import landing_git, shared_remote, worktrees
 from agents.runner import _identity
 from board.models import BoardError, Card, LandMode, Run
 
@@ -35,6 +35,18 @@ def _project_lock(card: Card):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _refuse_shared_remote(card: Card, doing: str) -> None:
+    """Raise BoardError for git work on the base branch or the card's branch that this board
+    does not do yet for a project whose cards live on a shared remote (workers on other hosts):
+    it would act on the user's checkout, which the cards' branches are not in."""
+    if shared_remote.is_multi_host(card.project):
+        raise BoardError(
+            f"{doing} is not available yet for projects whose cards work from a shared remote "
+            f"({card.project.remote_url}): the card's branch {card.branch or ''} is there; merge it "
+            "from the remote by hand (or with a pull request) and mark the card done."
+        )
 
 
 def _fresh(card: Card) -> Card:
@@ -65,6 +77,7 @@ def land_card(card: Card, mode: str | None = None) -> str:
     checkout, conflicts, a base that moved…), in which case nothing changed. Conflicts found are
     also stored on the card (``Card.record_conflicts``) so it shows them."""
     card = _fresh(card)
+    _refuse_shared_remote(card, "Landing")
     mode = mode or card.effective_land_mode
     if mode not in LandMode.values:
         raise BoardError(f"'{mode}' is not a landing mode; use one of {', '.join(LandMode.values)}.")
@@ -129,6 +142,7 @@ def check_conflicts(card: Card) -> list[str]:
     paths, [] when none. Raises BoardError when the card has no branch or has landed, and
     GitError."""
     card = _fresh(card)
+    _refuse_shared_remote(card, "Checking for conflicts")
     if card.landed_commit:
         raise BoardError(f"This card has already landed as {card.landed_commit[:10]}.")
     if not card.branch:
@@ -148,6 +162,7 @@ def rebase_card(card: Card) -> str:
     conflicting files are stored on the card. Returns a sentence. Raises BoardError (running,
     landed, no branch or worktree) and GitError (MergeConflict with ``files``)."""
     card = _fresh(card)
+    _refuse_shared_remote(card, "Rebasing")
     card.check_branch_idle("rebase")
     if not (card.worktree_path and os.path.isdir(card.worktree_path)):
         raise BoardError("This card has no worktree to rebase in.")
@@ -175,6 +190,7 @@ def push_card(card: Card, pull_request: bool = False) -> str:
     BoardError (no branch) and GitError: PushError, PullRequestError (no ``gh``, not logged in;
     the branch is pushed by then, and the message says so)."""
     card = _fresh(card)
+    _refuse_shared_remote(card, "Pushing to the pull-request remote")
     if not card.branch:
         raise BoardError("Nothing to push: the card has no branch yet; start it first.")
     if card.is_running:

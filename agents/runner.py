@@ -12,14 +12,13 @@ import copy
 import hashlib
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
-from agents import worktrees
+from agents import clones, shared_remote, worktrees
 from agents.command import MARK_VARIABLE, kill_marked, run_command
 from agents.sandbox import SandboxError, decide as decide_sandbox
 from agents.secrets import command_environment
@@ -56,7 +55,7 @@ def execute(run_id: int) -> str | None:
     """Claim run ``run_id`` and carry it to a final state; returns that state, or None when the run
     was not taken: not queued (already taken by another worker, or a redelivered task), or held
     because its project runs as many as it may at once (Run.claim)."""
-    run = Run.claim(run_id, socket.gethostname(), os.getpid())
+    run = Run.claim(run_id, settings.BOARD_NODE_NAME, os.getpid())
     if run is None:
         log.info("run %s not taken: not queued any more, or held until its project has a free slot", run_id)
         return None
@@ -75,6 +74,7 @@ def execute(run_id: int) -> str | None:
             kill_marked(run_mark(run.pk))
         except Exception:  # never let the cleanup keep the run from ending
             log.exception("could not end the leftover processes of run %s", run_id)
+    outcome = _push_after(run, outcome)
     commits = _branch_commits(run)
     if outcome.state == RunState.AWAITING_APPROVAL:
         # The run waits for the lead without holding this worker; a decision queues it again.
@@ -85,6 +85,29 @@ def execute(run_id: int) -> str | None:
         outcome = Outcome(RunState.STOPPED, error="stopped by the lead")
     run.finish(outcome.state, outcome.summary, outcome.error, commits=commits)
     return outcome.state
+
+
+def _push_after(run: Run, outcome: Outcome) -> Outcome:
+    """In multi-host mode, push the card's branch to the shared remote whatever the outcome, so
+    the web and the other nodes see what the run did; a push that fails fails the run with git's
+    message and where the commits stay (this node's branch is untouched). Single host: unchanged."""
+    card = run.card
+    if not (shared_remote.is_multi_host(card.project) and card.branch):
+        return outcome
+    repo = shared_remote.clone_path(card.project)
+    try:
+        if not worktrees.branch_exists(repo, card.branch):
+            return outcome  # cut off before its branch was made: nothing to push
+        sha = clones.push_branch(repo, card.branch)
+    except worktrees.GitError as exc:
+        where = (f"The commits are safe on the branch {card.branch} of node {shared_remote.node_name()} "
+                 f"(clone {repo}); start the card again to retry the push.")
+        error = f"{exc} {where}"
+        if outcome.state == RunState.FAILED and outcome.error:
+            error = f"{outcome.error}\n{error}"
+        return Outcome(RunState.FAILED, summary=outcome.summary, error=error)
+    run.emit("step", f"Pushed {card.branch} to the shared remote at {sha[:10]}")
+    return outcome
 
 
 class _StopFlag:
@@ -148,21 +171,56 @@ def _branch_commits(run: Run) -> list[str] | None:
         return None
 
 
+def _repository(run: Run) -> tuple[str, str]:
+    """Where the card's worktree comes from: ``(repository, base ref)``. Single host: the
+    project's own checkout and base branch. Multi-host: this node's clone of the shared remote,
+    fetched now, and the remote's base branch; the card's branch is first brought up to what
+    the remote has (another node may have gone on with the card), and the card records that its
+    worktree is on this node, in this node's data folder. Raises RunFailure and GitError."""
+    card = run.card
+    project = card.project
+    if not shared_remote.is_multi_host(project):
+        if not os.path.isdir(project.repo_path):
+            raise RunFailure(f"The project's repository {project.repo_path} no longer exists.")
+        worktrees.inspect_repository(project.repo_path)
+        return project.repo_path, project.base_branch
+    node = shared_remote.node_name()
+    run.emit("step", f"Fetching the shared remote {project.remote_url} into node {node}'s clone")
+    repo = shared_remote.fresh_clone(project)
+    base = clones.tracking_ref(project.base_branch)
+    try:
+        worktrees.resolve_base(repo, base)
+    except worktrees.BranchNotFound:
+        raise RunFailure(f"The shared remote {project.remote_url} has no branch {project.base_branch}.") from None
+    if card.branch and (card.worktree_host != node or not card.worktree_path):
+        # The worktree is on another node (or nowhere yet): this node makes its own from the
+        # pushed branch, in its own data folder.
+        card.worktree_path = shared_remote.worktree_here(project, card)
+        card.worktree_host = node
+        card.worktree_ready = False
+        card.save(update_fields=["worktree_path", "worktree_host", "worktree_ready", "updated_at"])
+    return repo, base
+
+
 def _execute(run: Run) -> Outcome:
     card = run.card
     project = card.project
-    if not os.path.isdir(project.repo_path):
-        raise RunFailure(f"The project's repository {project.repo_path} no longer exists.")
-    worktrees.inspect_repository(project.repo_path)
+    repo, base_branch = _repository(run)
+    multi_host = shared_remote.is_multi_host(project)
     if not card.branch:
         # Recorded before the branch exists, so a crash from here on leaves a branch that is
         # known to be the card's own and is reused by the next run.
         card.branch, card.worktree_path = worktrees.free_names(
-            project.repo_path, project.branch_prefix, card.pk, card.title, str(settings.WORKTREES_DIR / str(project.pk))
+            repo, project.branch_prefix, card.pk, card.title, str(settings.WORKTREES_DIR / str(project.pk))
         )
-        card.save(update_fields=["branch", "worktree_path", "updated_at"])
+        card.worktree_host = shared_remote.node_name() if multi_host else ""
+        card.save(update_fields=["branch", "worktree_path", "worktree_host", "updated_at"])
+    if multi_host:
+        synced = clones.sync_branch(repo, card.branch, card.worktree_path)
+        if synced:
+            run.emit("step", synced)
     run.emit("step", f"Preparing worktree on branch {card.branch} from {project.base_branch}")
-    tree = worktrees.ensure_worktree(project.repo_path, project.base_branch, card.branch, card.worktree_path)
+    tree = worktrees.ensure_worktree(repo, base_branch, card.branch, card.worktree_path)
     run.base_commit = tree.base_commit
     run.save(update_fields=["base_commit"])
     run.emit("step", f"Worktree {'created' if tree.created else 'reused'} at {tree.path} (base {tree.base_commit[:10]})")
@@ -227,7 +285,13 @@ def _fill_worktree(run: Run, worktree: str, stop: _StopFlag, sandbox: tuple[str,
     project = run.card.project
     for line in worktrees.prepare_worktree(worktree):
         run.emit("step", line)
-    copied = worktrees.copy_ignored_files(project.repo_path, worktree, project.copy_patterns)
+    if shared_remote.is_multi_host(project):
+        # Ignored files live in someone's checkout, which a worker on another host does not have.
+        if project.copy_patterns:
+            run.emit("step", "Files to copy are not copied: the project works from a shared remote")
+        copied = []
+    else:
+        copied = worktrees.copy_ignored_files(project.repo_path, worktree, project.copy_patterns)
     if copied:
         run.emit("step", f"Copied {len(copied)} ignored file(s): {', '.join(copied[:20])}")
     if project.setup_command.strip():
@@ -411,7 +475,21 @@ def delete_card(card: Card, delete_branch: bool = False, stop_wait: float = 15.0
             time.sleep(0.2)
     project = card.project
     note = "It had no branch yet."
-    if card.branch and os.path.isdir(project.repo_path):
+    if card.branch and shared_remote.is_multi_host(project):
+        # The branch on the shared remote is the card's record; only this node's worktree goes.
+        note = f"Its branch {card.branch} was kept on the shared remote."
+        repo = shared_remote.clone_path(project)
+        if card.worktree_host == shared_remote.node_name() and os.path.isdir(card.worktree_path or "") and os.path.isdir(repo):
+            worktrees.commit_all(
+                card.worktree_path, f"Card #{card.pk}: work left when the card was deleted", _identity(),
+                {"Card": f"#{card.pk}"},
+            )
+            worktrees.remove_worktree(repo, card.worktree_path)
+            try:
+                clones.push_branch(repo, card.branch)
+            except worktrees.GitError as exc:
+                note = f"Its branch {card.branch} was kept in this node's clone {repo}: {exc}"
+    elif card.branch and os.path.isdir(project.repo_path):
         if card.worktree_path and os.path.isdir(card.worktree_path):
             worktrees.commit_all(
                 card.worktree_path, f"Card #{card.pk}: work left when the card was deleted", _identity(),
@@ -441,6 +519,10 @@ def roll_back_card(card: Card, sha: str) -> str:
     run = card.current_run
     if card.is_running:
         raise BoardError("Stop the card before rolling it back.")
+    if shared_remote.is_multi_host(card.project):
+        # A roll-back rewrites the branch, which the other nodes have from the shared remote.
+        raise BoardError("Roll-back is not available for projects with a shared remote yet; ask for a follow-up "
+                         "that undoes the changes instead.")
     if not (run and card.worktree_path and os.path.isdir(card.worktree_path)):
         raise BoardError("This card has no worktree to roll back.")
     base = run.base_commit or _branch_base(card)
@@ -476,16 +558,17 @@ def sweep_worktrees() -> list[str]:
     removed = []
     for project in Project.objects.all():
         folder = settings.WORKTREES_DIR / str(project.pk)
-        if not (folder.is_dir() and os.path.isdir(project.repo_path)):
+        repo = shared_remote.clone_path(project) if shared_remote.is_multi_host(project) else project.repo_path
+        if not (folder.is_dir() and os.path.isdir(repo)):
             continue
         try:
-            listed = worktrees.worktrees_under(project.repo_path, str(folder))
+            listed = worktrees.worktrees_under(repo, str(folder))
             for path, branch in listed:
                 if os.path.realpath(path) in owned:
                     continue
                 if branch:
                     worktrees.commit_all(path, "Work recovered from a worktree no card owned", _identity())
-                worktrees.remove_worktree(project.repo_path, path)
+                worktrees.remove_worktree(repo, path)
                 removed.append(path)
         except worktrees.GitError:
             log.exception("could not sweep the worktrees of project %s", project.pk)
@@ -509,4 +592,9 @@ def interrupt_orphans(is_alive, reason: str) -> int:
                 Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
         except worktrees.GitError as exc:
             run.emit("log", f"Could not commit the interrupted run's work, which stays in the worktree: {exc}")
+        if shared_remote.is_multi_host(card.project) and card.worktree_host == shared_remote.node_name():
+            # What it did is the other nodes' and the web's to see, and a resume elsewhere goes on from it.
+            pushed = _push_after(run, Outcome(RunState.INTERRUPTED))
+            if pushed.error:
+                run.emit("log", f"The interrupted run's branch was not pushed: {pushed.error}")
     return len(runs)

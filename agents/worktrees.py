@@ -904,14 +904,15 @@ _DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--no-relative"
 
 
 def branch_range(repo_path: str, base_branch: str, branch: str) -> tuple[str, str]:
-    """``(old, new)``: full shas of where ``branch`` left ``base_branch`` (their
-    merge-base) and of the branch's tip, so that later reads of one diff see
+    """``(old, new)``: full shas of where ``branch`` (a local branch, or a full ref such as a
+    remote-tracking ``refs/remotes/origin/x``) left ``base_branch`` (their merge-base) and of
+    the branch's tip, so that later reads of one diff see
     the same commits even while an agent adds more. Raises
     :class:`BranchNotFound`, :class:`NotARepository`, :class:`GitError` (no
     shared history)."""
     repo = _abs(repo_path)
     base_ref, _ = _base_ref(repo, base_branch)
-    tip = _commit_of(repo, f"refs/heads/{branch}") if branch else None
+    tip = _commit_of(repo, branch if branch.startswith("refs/") else f"refs/heads/{branch}") if branch else None
     if tip is None:
         raise BranchNotFound(f"Branch '{branch}' does not exist in {repo}.")
     return _merge_base(repo, base_ref, tip, base_branch, branch), tip

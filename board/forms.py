@@ -8,7 +8,7 @@ import re
 from django import forms
 from django.db import models
 
-from agents import worktrees
+from agents import clones, worktrees
 from board.models import Agent, Approvals, BoardError, Card, Column, LandMode, Mode, Project, Role, Run
 from board.models import Webhook, WebhookEvent
 
@@ -236,7 +236,7 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
             "name", "base_branch", "branch_prefix", "copy_files", "setup_command",
             "model", "api_base", "api_key_env", "context_window", "approvals", "check_command",
             "max_steps", "max_cost", "max_minutes", "max_parallel", "mcp_servers", "sandbox_network",
-            "land_mode", "delete_branch_on_land", "remote",
+            "land_mode", "delete_branch_on_land", "remote", "remote_url",
         ]
         labels = {
             "copy_files": "Files to copy", "setup_command": "Setup command", "api_base": "API base URL",
@@ -245,7 +245,7 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
             "max_minutes": "Time budget (minutes)", "max_parallel": "Parallel runs", "mcp_servers": "MCP servers",
             "sandbox_network": "Sandboxed commands may use the network",
             "land_mode": "Landing mode", "delete_branch_on_land": "Delete the branch after landing",
-            "remote": "Remote for pull requests",
+            "remote": "Remote for pull requests", "remote_url": "Shared remote (workers on other hosts)",
         }
         widgets = {
             "copy_files": forms.Textarea(attrs={"rows": 2}), "setup_command": forms.Textarea(attrs={"rows": 1}),
@@ -273,6 +273,23 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
 
     def clean_remote(self):
         return clean_remote(self.cleaned_data.get("remote", "") or "origin")
+
+    def clean_remote_url(self):
+        """Blank (single host), or a git URL or path that ``git ls-remote`` can read now, with the
+        base branch on it, checked from this process (workers elsewhere need the same access)."""
+        value = (self.cleaned_data.get("remote_url") or "").strip()
+        if not value:
+            return ""
+        try:
+            url = clones.normalise_url(value)
+            branches = clones.check_remote(url)
+        except worktrees.GitError as exc:
+            raise forms.ValidationError(f"{exc} Give a URL or path git can read from here (such as "
+                                        "ssh://git@host/team/repo.git or /srv/git/repo.git), or leave it empty.")
+        base = (self.data.get("base_branch") or self.instance.base_branch or "").strip()
+        if base and base not in branches:
+            raise forms.ValidationError(f"The remote {url} has no branch {base}: push it there first.")
+        return url
 
     def clean_max_parallel(self):
         value = self.cleaned_data.get("max_parallel")

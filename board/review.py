@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from pygments.util import ClassNotFound
 from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
-from agents import worktrees
+from agents import clones, shared_remote, worktrees
 
 PAGE_FILES = 20  # files on one page of a diff at most
 PAGE_LINES = 3_000  # changed lines (added + deleted) on one page, unless one file alone has more
@@ -339,18 +340,55 @@ def landed_as_one_commit(card) -> bool:
     return bool(event and event.data.get("mode") in ("merge", "squash"))
 
 
+def source(card) -> tuple[str, str, str]:
+    """Where the card's diff is read: ``(repository, base, branch)``. Single host: the project's
+    checkout, its base branch and the card's local branch. Multi-host (``Project.remote_url``
+    set): this process's clone of the shared remote, fetched at most every few seconds or at
+    once when the card's run ended since the last fetch (agents.shared_remote.web_clone), with
+    the remote-tracking refs of the base and of the card's pushed branch, so the web needs no
+    worktree of the card. Raises worktrees.GitError (the remote cannot be read)."""
+    project = card.project
+    if not shared_remote.is_multi_host(project):
+        return project.repo_path, project.base_branch, card.branch
+    run = card.current_run
+    ended = run.ended_at.timestamp() if run is not None and run.ended_at else None
+    repo = shared_remote.web_clone(project, changed_at=ended)
+    return repo, clones.tracking_ref(project.base_branch), clones.tracking_ref(card.branch) if card.branch else ""
+
+
+def _repo(card) -> str:
+    return source(card)[0]
+
+
+def checkpoints(card) -> list[worktrees.Commit]:
+    """The commits of the card's branch since its latest run's base, oldest first: from the
+    card's worktree on a single host, from the pushed branch in multi-host mode (the web has no
+    worktree of the card there). [] when there is none yet or git cannot tell."""
+    run = card.current_run
+    if not (run and run.base_commit and card.branch):
+        return []
+    try:
+        if shared_remote.is_multi_host(card.project):
+            return clones.pushed_commits(_repo(card), run.base_commit, card.branch)
+        if card.worktree_path and os.path.isdir(card.worktree_path):
+            return worktrees.new_commits(card.worktree_path, run.base_commit)
+    except worktrees.GitError:
+        pass
+    return []
+
+
 def diff_range(card, commit: str = "", landed: bool | None = None) -> tuple[str, str]:
     """``(old, new)`` shas of the card's diff: where its branch left the base branch and the
     branch's tip, a checkpoint's parent and the checkpoint, or the landing commit's change when
     ``landed`` (``landed_as_one_commit``, read here when None). Raises NotInDiff for a commit that
     is not one of the branch's, worktrees.GitError for the rest (no branch, a missing base)."""
-    project = card.project
+    repo, base, branch = source(card)
     try:
         if commit:
-            return worktrees.checkpoint_range(project.repo_path, project.base_branch, card.branch, commit)
+            return worktrees.checkpoint_range(repo, base, branch, commit)
         if landed if landed is not None else landed_as_one_commit(card):
-            return worktrees.commit_range(project.repo_path, card.landed_commit)
-        return worktrees.branch_range(project.repo_path, project.base_branch, card.branch)
+            return worktrees.commit_range(repo, card.landed_commit)
+        return worktrees.branch_range(repo, base, branch)
     except worktrees.CommitNotOnBranch as exc:
         raise NotInDiff(str(exc)) from exc
 
@@ -367,7 +405,7 @@ def diff_page(card, query: DiffQuery, comments: Iterable | None = None) -> DiffP
     page.landed_change = not query.commit and landed_as_one_commit(card)
     try:
         old, new = diff_range(card, query.commit, landed=page.landed_change)
-        files = worktrees.changed_files(card.project.repo_path, old, new)
+        files = worktrees.changed_files(_repo(card), old, new)
     except worktrees.GitError as exc:
         page.note = str(exc)
         return page
@@ -386,7 +424,7 @@ def diff_page(card, query: DiffQuery, comments: Iterable | None = None) -> DiffP
     for comment in comments:
         by_line.setdefault((comment.path, comment.side, comment.line), []).append(comment)
     try:
-        page.files = _file_views(card.project.repo_path, old, new, [e for e in page.entries if e.page == query.page], by_line)
+        page.files = _file_views(_repo(card), old, new, [e for e in page.entries if e.page == query.page], by_line)
     except (worktrees.GitError, ReviewError) as exc:
         page.note = str(exc)
     return page
@@ -434,11 +472,11 @@ def line_texts(card, commit: str, paths: Iterable[str]) -> dict[tuple[str, str, 
     added and context lines. Raises NotInDiff, worktrees.GitError, ReviewError."""
     old, new = diff_range(card, commit)
     wanted = set(paths)
-    files = [f for f in worktrees.changed_files(card.project.repo_path, old, new) if f.path in wanted and not f.binary]
+    files = [f for f in worktrees.changed_files(_repo(card), old, new) if f.path in wanted and not f.binary]
     if not files:
         return {}
     lines: dict[tuple[str, str, int], str] = {}
-    for path, patched in _parse(worktrees.diff_between(card.project.repo_path, old, new, _paths(files))).items():
+    for path, patched in _parse(worktrees.diff_between(_repo(card), old, new, _paths(files))).items():
         for hunk in patched:
             for line in hunk:
                 text = line.value.rstrip("\n").rstrip("\r")
@@ -491,7 +529,7 @@ def file_diff(card, commit: str, path: str) -> str:
     if not card.branch:
         raise NotInDiff("This card has no branch yet.")
     old, new = diff_range(card, commit)
-    files = [f for f in worktrees.changed_files(card.project.repo_path, old, new) if f.path == path]
+    files = [f for f in worktrees.changed_files(_repo(card), old, new) if f.path == path]
     if not files:
         raise NotInDiff(f"{path} is not in this diff.")
-    return worktrees.diff_between(card.project.repo_path, old, new, _paths(files))
+    return worktrees.diff_between(_repo(card), old, new, _paths(files))

@@ -158,13 +158,7 @@ def card_waitable(request, project_id):
 
 
 def _commits(card: Card) -> list[worktrees.Commit]:
-    run = card.current_run
-    if not (run and run.base_commit and card.worktree_path and os.path.isdir(card.worktree_path)):
-        return []
-    try:
-        return worktrees.new_commits(card.worktree_path, run.base_commit)
-    except worktrees.GitError:
-        return []
+    return review.checkpoints(card)
 
 
 # The card page's parts, as the partials of card_detail.html name them; "page" is what only the

@@ -6,6 +6,7 @@ Every variable is listed in README.md under "Configuration"; keep the two in ste
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 import environ
@@ -147,6 +148,10 @@ if REDIS_URL:
 BOARD_HOST = env.str("BOARD_HOST", default="127.0.0.1")
 BOARD_PORT = env.int("BOARD_PORT", default=8300)
 BOARD_WORKERS = env.int("BOARD_WORKERS", default=4)
+# This node's name: what runs record as their worker host and cards as their worktree host, and
+# what start-up compares to decide which running runs are its own to mark interrupted. Give each
+# worker host (or each worker process sharing one machine with its own BOARD_DATA_DIR) its own.
+BOARD_NODE_NAME = env.str("BOARD_NODE_NAME", default="") or socket.gethostname()
 # The board's address as people outside reach it, for links in webhooks (board/webhooks.py), such
 # as https://board.example.com; default: http://BOARD_HOST:BOARD_PORT.
 BOARD_PUBLIC_URL = env.str("BOARD_PUBLIC_URL", default="") or (

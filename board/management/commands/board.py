@@ -22,9 +22,10 @@ RECONCILE_EVERY = 5.0  # seconds between checks for runs whose worker died
 
 
 def worker_alive(host: str, pid: int | None) -> bool:
-    """Whether the worker that claimed a run still lives. Runs claimed on another host are
-    assumed alive: only that host can tell."""
-    if host != socket.gethostname():
+    """Whether the worker that claimed a run still lives. Runs claimed on another node (another
+    BOARD_NODE_NAME: another host, or another board on this machine with its own data folder) are
+    assumed alive: only that node can tell."""
+    if host != settings.BOARD_NODE_NAME:
         return True
     return pid is not None and psutil.pid_exists(pid)
 

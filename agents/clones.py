@@ -1,0 +1,238 @@
+"""The git layer of workers on other hosts: a node's own clone of a project's shared remote.
+
+When a project has a shared remote (``Project.remote_url``), no process uses the user's checkout:
+each node (a worker host, the web) keeps its own clone of the remote in its data folder, fetches
+it before use, makes cards' worktrees from its remote-tracking refs, and pushes cards' branches
+back. Like :mod:`agents.worktrees`, this module knows nothing of Django: it takes paths, URLs and
+branch names, returns plain values and raises :class:`~agents.worktrees.GitError` subclasses whose
+``str()`` is a sentence fit for a card or a form.
+
+The clone's remote is always named ``origin``; a card's pushed branch ``b`` is read from
+``refs/remotes/origin/b`` (see :func:`tracking_ref`).
+
+Pushes never rewrite a branch: they are plain fast-forward pushes, because nothing rewrites a
+card's branch in multi-host mode (roll-back, rebase and landing refuse there), so a push the
+remote rejects means another node pushed commits this one does not have, and it fails the run
+rather than overwrite them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+
+from agents.worktrees import Commit, GitError, NotARepository, _check_commit, _commit_of, _git, _tail
+
+__all__ = [
+    "RemoteUnreachable",
+    "PushRejected",
+    "BranchesDiverged",
+    "REMOTE",
+    "tracking_ref",
+    "check_remote",
+    "ensure_clone",
+    "fetch",
+    "locked",
+    "sync_branch",
+    "push_branch",
+    "remote_tip",
+    "pushed_commits",
+]
+
+REMOTE = "origin"
+# Seconds a fetch, clone, push or ls-remote may take: a remote on another host may be slow, but a
+# hung connection must fail the run rather than hold the worker.
+NETWORK_TIMEOUT = 300.0
+CHECK_TIMEOUT = 20.0  # seconds `git ls-remote` may take when a form checks a remote
+
+
+class RemoteUnreachable(GitError):
+    """The shared remote cannot be read (wrong URL or path, network, permissions)."""
+
+
+class PushRejected(GitError):
+    """The remote refused a push, or could not be reached for it; the commits stay local."""
+
+
+class BranchesDiverged(GitError):
+    """This node's branch and the remote's both have commits the other lacks."""
+
+
+def tracking_ref(branch: str) -> str:
+    """The full remote-tracking ref of ``branch`` in a clone: ``refs/remotes/origin/<branch>``."""
+    return f"refs/remotes/{REMOTE}/{branch}"
+
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_SCP_LIKE = re.compile(r"^[^/:@\s]+@[^/:\s]+:|^[a-zA-Z0-9.-]{2,}:(?!//)")
+
+
+def normalise_url(url: str) -> str:
+    """``url`` as a clone takes it: a URL (``ssh://``, ``https://``, ``file://``, ``git@host:path``)
+    unchanged, a local path made absolute (``~`` expanded). Raises :class:`GitError` for an empty
+    value, one with a line break or NUL, or one starting with ``-`` (git would read an option)."""
+    value = (url or "").strip()
+    if not value:
+        raise GitError("Give the shared remote's URL or path.")
+    if any(c in value for c in "\n\r\0") or value.startswith("-"):
+        raise GitError(f"'{value[:200]}' is not a git URL or path.")
+    if _SCHEME.match(value) or _SCP_LIKE.match(value):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def check_remote(url: str) -> list[str]:
+    """Check that git can read the remote ``url`` (``git ls-remote --heads``, at most
+    CHECK_TIMEOUT seconds, never prompting for a password). Returns its branch names, sorted.
+    Raises :class:`RemoteUnreachable` with git's own words when it cannot."""
+    value = normalise_url(url)
+    result = _git(
+        "/", "ls-remote", "--heads", "--", value, check=False, read_only=True, timeout=CHECK_TIMEOUT,
+        env={"GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")},
+    )
+    if result.status != 0:
+        raise RemoteUnreachable(f"git cannot read the remote {value}: {_tail(result.err or result.out, 600)}")
+    return sorted(line.split("refs/heads/", 1)[1] for line in result.out.splitlines() if "refs/heads/" in line)
+
+
+@contextlib.contextmanager
+def locked(lock_path: str):
+    """Hold an exclusive flock on the file ``lock_path`` (made with its folder when missing), so
+    that two runs of one node do not clone or fetch into one clone at once."""
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_clone(url: str, path: str) -> bool:
+    """Make ``path`` a clone of ``url`` (``git clone --no-checkout``: nothing reads its own
+    checkout; the cards' worktrees hold files), or, when it is one already, point its ``origin``
+    at ``url`` (the project's remote may have been changed). Returns True when it cloned.
+    Raises :class:`RemoteUnreachable` with git's message, :class:`GitError` when ``path`` is
+    something else (a file, a folder that is not a clone)."""
+    value = normalise_url(url)
+    target = os.path.abspath(path)
+    if os.path.isdir(os.path.join(target, ".git")):
+        current = _git(target, "remote", "get-url", REMOTE, check=False, read_only=True)
+        if current.status != 0:
+            _git(target, "remote", "add", REMOTE, value, doing="name the shared remote in the clone")
+        elif current.out.strip() != value:
+            _git(target, "remote", "set-url", REMOTE, value, doing="point the clone at the new shared remote")
+        return False
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise GitError(f"Cannot clone the shared remote into {target}: something else is already there.")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    result = _git(
+        os.path.dirname(target), "clone", "--quiet", "--no-checkout", "--origin", REMOTE, "--", value, target,
+        check=False, timeout=NETWORK_TIMEOUT,
+    )
+    if result.status != 0:
+        raise RemoteUnreachable(f"Could not clone the shared remote {value}: {_tail(result.err or result.out, 1500)}")
+    return True
+
+
+def fetch(path: str) -> None:
+    """Bring every remote-tracking branch of the clone up to the remote (``git fetch --prune``).
+    Raises :class:`RemoteUnreachable` with git's message."""
+    result = _git(
+        os.path.abspath(path), "fetch", "--quiet", "--prune", REMOTE,
+        f"+refs/heads/*:refs/remotes/{REMOTE}/*", check=False, timeout=NETWORK_TIMEOUT,
+    )
+    if result.status != 0:
+        url = _git(path, "remote", "get-url", REMOTE, check=False, read_only=True).out.strip()
+        raise RemoteUnreachable(f"Could not fetch from the shared remote {url}: {_tail(result.err or result.out, 1500)}")
+
+
+def remote_tip(path: str, branch: str) -> str | None:
+    """The sha the remote's ``branch`` had at the clone's last fetch or push, or None."""
+    return _commit_of(os.path.abspath(path), tracking_ref(branch))
+
+
+def _is_ancestor(repo: str, a: str, b: str) -> bool:
+    return _git(repo, "merge-base", "--is-ancestor", a, b, check=False, read_only=True).status == 0
+
+
+def sync_branch(path: str, branch: str, worktree: str | None = None) -> str:
+    """Bring the clone's local ``branch`` up to what the remote has (as of the last fetch), since
+    the remote is the truth and another node may have gone on with the card:
+
+    * no remote branch: nothing to do (the card has not been pushed yet);
+    * no local branch: made at the remote's commit;
+    * local behind the remote: fast-forwarded (in ``worktree`` when it has the branch checked
+      out, with ``git merge --ff-only``, else by moving the branch);
+    * local ahead (commits a failed push left): kept, the next push sends them;
+    * both have commits of their own: :class:`BranchesDiverged`, nothing changes.
+
+    Returns a sentence for the card ("" when nothing changed). Raises :class:`GitError`."""
+    repo = os.path.abspath(path)
+    remote = remote_tip(repo, branch)
+    if remote is None:
+        return ""
+    local = _commit_of(repo, f"refs/heads/{branch}")
+    if local is None:
+        _git(repo, "branch", "--no-track", "--", branch, remote, doing=f"make the branch {branch} from the remote's")
+        return f"Took {branch} from the shared remote at {remote[:10]}"
+    if local == remote or _is_ancestor(repo, remote, local):
+        return "" if local == remote else f"{branch} here is ahead of the shared remote; the next push sends it"
+    if not _is_ancestor(repo, local, remote):
+        raise BranchesDiverged(
+            f"The branch {branch} here ({local[:10]}) and on the shared remote ({remote[:10]}) both have commits "
+            "the other lacks, so the run did not start. Push or merge them by hand in this node's clone "
+            f"({repo}), then start the card again."
+        )
+    if worktree and os.path.isdir(worktree):
+        head = _git(worktree, "symbolic-ref", "--quiet", "--short", "HEAD", check=False, read_only=True).out.strip()
+        if head == branch:
+            _git(worktree, "merge", "--ff-only", "--quiet", remote,
+                 doing=f"bring the worktree {worktree} up to the shared remote's {branch}")
+            return f"Brought {branch} up to the shared remote's {remote[:10]}"
+    # Not checked out anywhere here (git refuses to move a checked-out branch, which is right).
+    _git(repo, "branch", "-f", "--", branch, remote, doing=f"bring {branch} up to the shared remote's")
+    return f"Brought {branch} up to the shared remote's {remote[:10]}"
+
+
+def push_branch(path: str, branch: str) -> str:
+    """Push the clone's local ``branch`` to the remote branch of the same name, as a plain
+    fast-forward push (never forced: see the module's docstring). Returns the pushed sha; the
+    clone's remote-tracking ref follows. Raises :class:`PushRejected` with git's message (remote
+    unreachable, not a fast-forward, a hook refused it); the commits stay on the local branch."""
+    repo = os.path.abspath(path)
+    sha = _commit_of(repo, f"refs/heads/{branch}")
+    if sha is None:
+        raise NotARepository(f"There is no branch {branch} in {repo} to push.")
+    result = _git(
+        repo, "push", "--quiet", "--porcelain", REMOTE, f"refs/heads/{branch}:refs/heads/{branch}",
+        check=False, timeout=NETWORK_TIMEOUT,
+    )
+    if result.status != 0:
+        raise PushRejected(f"Could not push {branch} to the shared remote: {_tail(result.err or result.out, 1500)}")
+    # A push updates the tracking ref itself only with a matching fetch refspec; make sure.
+    _git(repo, "update-ref", tracking_ref(branch), sha, doing="record the pushed commit")
+    return sha
+
+
+def pushed_commits(path: str, base_commit: str, branch: str) -> list[Commit]:
+    """The commits of the remote's ``branch`` (as last fetched) since ``base_commit``, oldest
+    first, like :func:`agents.worktrees.new_commits` reads them from a worktree; [] when the
+    branch was not pushed. Raises :class:`GitError` when ``base_commit`` is not in the clone."""
+    repo = os.path.abspath(path)
+    tip = remote_tip(repo, branch)
+    if tip is None:
+        return []
+    base = _check_commit(repo, base_commit)
+    out = _git(
+        repo, "log", "--reverse", "--no-show-signature", "-z", "--format=%H%n%an%n%aI%n%s", f"{base}..{tip}",
+        doing="list the pushed commits", read_only=True,
+    ).out
+    commits = []
+    for record in out.split("\0"):
+        if record.strip():
+            sha, author, date, subject = (record.lstrip("\n").split("\n", 3) + ["", "", ""])[:4]
+            commits.append(Commit(sha=sha, subject=subject, author=author, date=date))
+    return commits
