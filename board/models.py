@@ -435,10 +435,15 @@ class Card(models.Model):
                 transaction.on_commit(card.start_ready_dependents)
         self.refresh_from_db()
 
+    # Where a list of the cards this one depends on, read ahead for many cards at once, is kept
+    # (Prefetch("depends_on", to_attr=...), views.board_context); waiting_for reads it if there.
+    DEPENDS_ON_READ = "depends_on_read"
+
     @property
     def waiting_for(self) -> list[Card]:
         """The cards this one depends on that are not done yet (landed or marked done), by id."""
-        return [card for card in self.depends_on.all() if card.column != Column.DONE]
+        deps = self.__dict__.get(self.DEPENDS_ON_READ)
+        return [card for card in (self.depends_on.all() if deps is None else deps) if card.column != Column.DONE]
 
     def check_dependencies(self, cards) -> None:
         """Refuse (BoardError) to make this card wait for ``cards`` (Cards) when one is the card

@@ -2,6 +2,7 @@
 the filters' data attributes, empty states, the project switcher, progress of running cards."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -272,3 +273,48 @@ def test_the_list_of_keys_names_the_keys_that_move_a_card(client, project):
     assert "<kbd>Alt</kbd>+<kbd>←</kbd> <kbd>Alt</kbd>+<kbd>→</kbd>" in keys
     assert "<kbd>Alt</kbd>+<kbd>↑</kbd> <kbd>Alt</kbd>+<kbd>↓</kbd>" in keys
     assert 'id="dnd-status" class="sr-only" role="status" aria-live="polite"' in page  # where moves are said
+
+
+# --- A board of many cards is light for the browser (bench/board_render.py) ---------------------
+
+
+def test_a_finished_run_shows_how_long_it_took_and_only_a_running_one_ticks(client, project, make_card):
+    done, going = make_card(title="Done one"), make_card(title="Going one")
+    began = timezone.now() - timedelta(hours=1)
+    finished = Run.objects.create(card=done, agent=done.agent, state=RunState.SUCCEEDED, started_at=began,
+                                  ended_at=began + timedelta(minutes=2, seconds=5))
+    running = Run.objects.create(card=going, agent=going.agent, state=RunState.RUNNING, started_at=began)
+    Card.objects.filter(pk=done.pk).update(current_run=finished, column=Column.REVIEW)
+    Card.objects.filter(pk=going.pk).update(current_run=running, column=Column.IN_PROGRESS)
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert '<time class="elapsed" datetime="PT125S">2:05</time>' in page
+    assert "data-until" not in page  # nothing for board.js to tick on a finished run
+    assert f'<time class="elapsed" data-since="{began.isoformat()}"></time>' in page
+
+
+def test_the_clock_filter_writes_durations_as_the_board_s_clock_does():
+    from board.templatetags.board_tags import clock
+
+    assert [clock(7), clock(750), clock(3723), clock(-5), clock(None)] == ["0:07", "12:30", "1:02:03", "0:00", ""]
+
+
+def test_the_budget_bars_are_named_by_the_text_beside_them(client, project):
+    agent = Agent.objects.create(name="builtin-y", kind=Agent.Kind.BUILTIN, model="openai/x")
+    card = Card.objects.create(project=project, agent=agent, title="Spend", column=Column.IN_PROGRESS)
+    run = Run.objects.create(card=card, agent=agent, state=RunState.RUNNING, started_at=timezone.now(), steps=3,
+                             cost=0.07139999999999999, budget={"steps": 40, "cost": 2.0, "minutes": 30})
+    Card.objects.filter(pk=card.pk).update(current_run=run)
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert '<label class="usage-row">Steps 3/40<progress max="40" value="3"></progress></label>' in page
+    assert '<label class="usage-row">$0.0714/$2.00<progress max="2.0" value="0.0714"></progress></label>' in page
+
+
+def test_a_board_card_has_no_whitespace_between_its_tags(client, project):
+    agent = Agent.objects.create(name="builtin-z", kind=Agent.Kind.BUILTIN, model="openai/x")
+    _cards(project, agent, 7)
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    cards = [c for c in page.split("<article")[1:] if "<textarea" not in c.split("</article>")[0]]
+    assert len(cards) >= 5
+    for card in cards:
+        html = card.split("</article>")[0]
+        assert ">\n" not in html and "> <" not in html, html
