@@ -41,6 +41,12 @@ SECRET_KEY = _secret_key()
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Behind a proxy that terminates TLS (nginx, docs/team-server.md): trust its X-Forwarded-Proto, so
+# that Django knows a request came over https. Off by default: without such a proxy, any client
+# could send the header.
+BOARD_BEHIND_PROXY = env.bool("BOARD_BEHIND_PROXY", default=False)
+if BOARD_BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",
