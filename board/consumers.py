@@ -114,12 +114,15 @@ class BoardConsumer(AsyncWebsocketConsumer):
         return render_to_string("board/board.html#columns", board_context(project, oob=True))
 
     @database_sync_to_async
-    def _render_card(self, card_id: int, moved: bool = False, created: bool = False, lists=()) -> str:
+    def _render_card(self, card_id: int, moved: bool = False, created: bool = False, lists=(), placed: bool = False) -> str:
         card = Card.objects.select_related("agent", "current_run").filter(pk=card_id).first()
         if card is None or card.project_id != self.project_id:  # deleted
             return f'<div id="card-{card_id}" hx-swap-oob="delete"></div>'
         context = {"card": card, "moved": moved, "created": created, "queue": queue_places([card.current_run])}
-        html = render_to_string("board/board.html#card-push", context)
+        if placed:  # moved by hand (Card.place): the card alone, under the card above it now
+            html = render_to_string("board/_placed.html", {**context, "above": card.card_above()})
+        else:
+            html = render_to_string("board/board.html#card-push", context)
         if lists:  # only the lists reordered, not the whole board
             board = board_context(card.project, oob=True)
             html += "".join(render_to_string("board/board.html#column-list", {**board, "column": column, "oob": False, "list_oob": True})
@@ -143,6 +146,9 @@ class BoardConsumer(AsyncWebsocketConsumer):
         reordered = {m["reordered"] for m in moves if m.get("reordered") in Column.values}
         if reordered:
             flags["lists"] = sorted(set(flags.get("lists", ())) | reordered)
+        # A card placed by hand (Card.place, a drop): it alone moves, whatever the column's length.
+        if any(m.get("placed") in Column.values for m in moves):
+            flags["placed"] = True
         await self._push(message["card_id"])
 
     async def board_queue(self, message):

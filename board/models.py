@@ -391,6 +391,52 @@ class Card(models.Model):
             Card.objects.bulk_update(changed, ["position"])
             Event.record(self, None, "card", "reordered", {"from": self.column, "to": self.column, "reordered": self.column})
 
+    POSITION_GAP = 1024  # between neighbours placed by ``place``, so that a drop writes one row
+
+    def place(self, before: int | None = None, after: int | None = None) -> None:
+        """Put the card, within its column, just below card ``before`` (the card the lead dropped
+        it under) or, when that one is not in the column (moved or deleted meanwhile), just above
+        card ``after``; when neither is there, at the top if ``before`` is None (dropped first),
+        else at the bottom. Reads the column's (id, position) pairs and writes the card's position
+        only: positions keep POSITION_GAP between them, and the column is renumbered only when two
+        neighbours leave no room. Tells open boards with an Event "card" ``{"from": column, "to":
+        column, "placed": column}``, on which they move this card alone (BoardConsumer)."""
+        with transaction.atomic():
+            rows = list(Card.objects.select_for_update().filter(project_id=self.project_id, column=self.column)
+                        .exclude(pk=self.pk).order_by("position", "id").values_list("pk", "position"))
+            ids = [pk for pk, _ in rows]
+            if before in ids:
+                at = ids.index(before) + 1
+            elif after in ids:
+                at = ids.index(after)
+            else:
+                at = 0 if before is None else len(ids)
+            above = rows[at - 1][1] if at > 0 else None
+            below = rows[at][1] if at < len(rows) else None
+            if above is not None and below is not None and below - above < 2:
+                gap = self.POSITION_GAP
+                Card.objects.bulk_update([Card(pk=pk, position=i * gap) for i, (pk, position) in enumerate(rows)
+                                          if position != i * gap], ["position"], batch_size=500)
+                above, below = (at - 1) * gap, at * gap
+            if above is None and below is None:
+                position = 0
+            elif above is None:
+                position = below - self.POSITION_GAP
+            elif below is None:
+                position = above + self.POSITION_GAP
+            else:
+                position = (above + below) // 2
+            Card.objects.filter(pk=self.pk).update(position=position, updated_at=timezone.now())
+            self.position = position
+            Event.record(self, None, "card", "placed", {"from": self.column, "to": self.column, "placed": self.column})
+
+    def card_above(self) -> int | None:
+        """The id of the card just above this one in its column (by position, then id), or None
+        when it is the first: where a board puts it back."""
+        return (Card.objects.filter(project_id=self.project_id, column=self.column)
+                .filter(models.Q(position__lt=self.position) | models.Q(position=self.position, pk__lt=self.pk))
+                .order_by("-position", "-id").values_list("pk", flat=True).first())
+
     def move_by_hand(self, column: str) -> None:
         """The lead dropped the card on ``column`` (a Column value): apply the board's rules. To In
         Progress starts it (``start``); back to Backlog only when nothing runs and it is not done;

@@ -857,61 +857,56 @@ def agent_toggle(request, agent_id):
 
 
 
-# --- Moving cards by hand (drag and drop, static/board/dnd.js) and marking them done -----------
-# The browser asks; Card.move_by_hand and Card.reorder decide. Every answer re-renders the lists
-# of the columns involved as the server has them, so a refused drop puts the card back.
+# --- Moving cards by hand (drag and drop and keys, static/board/dnd.js) and marking them done ----
+# The browser asks; Card.move_by_hand and Card.place decide. A drop names the card's new
+# neighbours, not the column's whole order (a column may hold a thousand cards), and the answer is
+# the card alone, placed under the card the server has above it: so a refused drop puts it back.
 
-DROP_IDS_MAX = 5000  # ids a drop may list: a column's worth, and a bound on junk
 
-
-def _parse_ids(text: str) -> list[int] | None:
-    """``"3,5,8"`` as [3, 5, 8]; None for anything else (junk, or more than DROP_IDS_MAX ids)."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) > DROP_IDS_MAX or not all(p.isascii() and p.isdigit() and len(p) < 19 for p in parts):
+def _card_id(text: str) -> int | None | bool:
+    """A neighbour's id as a drop sends it: None for "", the id for ASCII digits, False for junk."""
+    text = text.strip()
+    if not text:
         return None
-    return [int(p) for p in parts]
+    if text.isascii() and text.isdigit() and len(text) < 19:
+        return int(text)
+    return False
 
 
-def _column_lists(request, card: Card, columns, error: str = "", status: int = 200):
-    """The lists of ``columns`` (Column values) as the server has them, out of band, then the card
-    itself with ``error`` shown on it (so the reason shows where the lead dropped it)."""
-    context = board_context(card.project, oob=True)
-    html = "".join(
-        # The list alone is swapped out of band: cards marked so inside it would be swapped on their own.
-        render_to_string("board/board.html#column-list", {**context, "column": column, "oob": False, "list_oob": True}, request)
-        for column in context["columns"] if column["value"] in columns
-    )
-    if error:
-        fresh = Card.objects.select_related("agent", "current_run").prefetch_related("depends_on").get(pk=card.pk)
-        card_ctx = {"card": fresh, "error": error, "oob": True, "queue": queue_places([fresh.current_run])}
-        html += render_to_string("board/board.html#card", card_ctx, request)
-    return HttpResponse(html, status=status)
+def _placed_card(request, card: Card, error: str = "", status: int = 200):
+    """The card as the server has it, out of band right under the card above it in its column
+    (or first in the column's list), with ``error`` shown on it."""
+    fresh = Card.objects.select_related("agent", "current_run").prefetch_related("depends_on").get(pk=card.pk)
+    context = {"card": fresh, "error": error, "above": fresh.card_above(), "queue": queue_places([fresh.current_run])}
+    return HttpResponse(render_to_string("board/_placed.html", context, request), status=status)
 
 
 @require_POST
 @access.role_required(Role.MEMBER)
 def card_drop(request, card_id):
-    """The lead dropped the card on ``column`` (POST), where the column's cards read ``order``
-    (their ids, top first, comma-separated; optional). Answers the lists of the card's old and new
-    column as the server has them: 200 when moved (In Progress starts the card), 409 with the
-    reason on the card when the rules refuse (Review, Done, a running card to the Backlog, a card
-    that waits for others), 400 for a column or order that is junk, 404 for no such card."""
+    """The lead dropped the card on ``column`` (POST) between ``before`` (the id of the card
+    just above it there; empty when dropped first) and ``after`` (the card just below; empty when
+    last). The server puts it under ``before``, else above ``after``, else first or last when both
+    have left the column meanwhile (Card.place). Answers the card, placed where the server has
+    it: 200 when moved (In Progress starts the card), 409 with the reason on the card, back where
+    it was, when the rules refuse (Review, Done, a running card to the Backlog, a card that waits
+    for others), 400 for a column or neighbour that is junk, 404 for no such card."""
     card = get_object_or_404(Card.objects.select_related("project"), pk=card_id)
     column = request.POST.get("column", "")
-    ids = _parse_ids(request.POST.get("order", ""))
-    if column not in Column.values or ids is None:
-        return HttpResponseBadRequest(f"column must be one of {', '.join(Column.values)} and order a list of card ids.")
+    before, after = _card_id(request.POST.get("before", "")), _card_id(request.POST.get("after", ""))
+    if column not in Column.values or before is False or after is False:
+        return HttpResponseBadRequest(f"column must be one of {', '.join(Column.values)}, before and after card ids (or empty).")
     old = card.column
     try:
         card.move_by_hand(column)
     except BoardError as exc:
-        return _column_lists(request, card, {old, column}, error=str(exc), status=409)
+        return _placed_card(request, card, error=str(exc), status=409)
     card.refresh_from_db()
     if card.column != old:
         access.audit(request.user, "start" if card.column == Column.IN_PROGRESS else "move", card=card, to=card.column)
-    if ids and card.column == column:
-        card.reorder(ids)
-    return _column_lists(request, card, {old, column})
+    if card.column == column:
+        card.place(before, after)
+    return _placed_card(request, card)
 
 
 @require_POST

@@ -76,7 +76,8 @@
   // added by this tab's own form) goes first, so a card is never shown twice.
   document.addEventListener("htmx:oobBeforeSwap", function (e) {
     var target = e.detail.target, fragment = e.detail.fragment;
-    if (!target || !fragment || !fragment.children || target.id.indexOf("list-") !== 0) return;
+    // Into a list, or beside a card (a card moved by hand goes right under the one above it).
+    if (!target || !fragment || !fragment.children || !/^(list|card)-/.test(target.id)) return;
     Array.prototype.forEach.call(fragment.children, function (child) {
       var old = child.id && document.getElementById(child.id);
       // A list swapped whole (a reorder, a drop's answer) replaces itself: not a duplicate.

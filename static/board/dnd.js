@@ -1,7 +1,8 @@
 // Drag and drop on the board (SortableJS, vendored under static/vendor/sortablejs). The browser
-// only asks: a drop POSTs the card, its target column and that column's order to the server
-// (views.card_drop), whose answer re-renders the lists involved as the server has them. A refused
-// drop (409) therefore puts the card back, with the reason shown on it; nothing here decides.
+// only asks: a drop POSTs the card, its target column and its new neighbours there (the ids of the
+// cards just above and below it) to the server (views.card_drop), whose answer is the card placed
+// where the server has it. A refused drop (409) therefore puts the card back, with the reason
+// shown on it; nothing here decides.
 (function () {
   if (!window.Sortable || !window.htmx) return;
 
@@ -22,7 +23,7 @@
   }
 
   // Ask the server to put card ``id`` in list ``to`` (a .card-list) where ``ids`` (the list's card
-  // ids as the lead wants them, top first) has it; the answer replaces the lists involved. Resolves
+  // ids as the lead wants them, top first) has it; the answer places the card. Resolves
   // with the card as the server now shows it, after saying what happened (or why not) aloud.
   function ask(item, id, to, ids) {
     var url = to.dataset.dropUrl.replace("/0/", "/" + id + "/");
@@ -30,12 +31,14 @@
     // The source is the status line, not the card: a push may replace the card (and its list)
     // while the request is under way, and htmx finds the answer's out-of-band targets from the
     // source's document, which a detached card no longer has.
+    // Only the card's new neighbours go to the server, not the column's whole order.
+    var at = ids.indexOf(String(id));
     return htmx.ajax("POST", url, {
       source: document.getElementById("dnd-status") || document.body,
       swap: "none",
-      values: {column: to.dataset.column, order: ids.join(",")},
+      values: {column: to.dataset.column, before: at > 0 ? ids[at - 1] : "", after: ids[at + 1] || ""},
     }).then(function () {
-      // Whatever the answer, the server's lists replaced ours; say so for screen readers.
+      // Whatever the answer, the card is where the server has it now; say so for screen readers.
       var card = document.getElementById("card-" + id);
       var error = card && card.querySelector(".error");
       var where = card && card.closest(".column");
@@ -86,7 +89,7 @@
     keep = id;
     ask(card, id, to, ids).then(refocus);
   }
-  // The card moved by keys keeps the selection and the focus while the lists around it are
+  // The card moved by keys keeps the selection and the focus while it and the lists around it are
   // replaced (the answer, then the push to every open board), until the lead goes elsewhere.
   var keep = null;
   function refocus() {
