@@ -11,9 +11,9 @@ The clone's remote is always named ``origin``; a card's pushed branch ``b`` is r
 ``refs/remotes/origin/b`` (see :func:`tracking_ref`).
 
 Pushes never rewrite a branch: they are plain fast-forward pushes, because nothing rewrites a
-card's branch in multi-host mode (roll-back, rebase and landing refuse there), so a push the
-remote rejects means another node pushed commits this one does not have, and it fails the run
-rather than overwrite them.
+card's branch in multi-host mode (roll-back and rebase refuse there; a landing only adds commits
+to the base), so a push the remote rejects means another node pushed commits this one does not
+have, and it fails the run (or the landing) rather than overwrite them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ __all__ = [
     "push_branch",
     "remote_tip",
     "pushed_commits",
+    "land_on_remote",
+    "trial_merge_on_remote",
+    "delete_remote_branch",
 ]
 
 REMOTE = "origin"
@@ -236,3 +239,76 @@ def pushed_commits(path: str, base_commit: str, branch: str) -> list[Commit]:
             sha, author, date, subject = (record.lstrip("\n").split("\n", 3) + ["", "", ""])[:4]
             commits.append(Commit(sha=sha, subject=subject, author=author, date=date))
     return commits
+
+
+@contextlib.contextmanager
+def _landing_refs(path: str, base_branch: str, branch: str):
+    """Local refs for a landing in the clone, made from the remote-tracking ones: ``base_branch``
+    (the landing moves it) and a private branch at the card's pushed tip; yields (repo, the
+    private branch's name, the base's sha). Both are deleted afterwards, so no stale local copy
+    of the remote's branches is ever read. The clone's own HEAD is detached first, so the base is
+    checked out nowhere in it. Raises BranchNotFound when either is not on the remote."""
+    from agents.worktrees import BranchNotFound
+
+    repo = os.path.abspath(path)
+    base_sha, tip = remote_tip(repo, base_branch), remote_tip(repo, branch)
+    if base_sha is None:
+        raise BranchNotFound(f"The shared remote has no branch {base_branch}.")
+    if tip is None:
+        raise BranchNotFound(f"The card's branch {branch} is not on the shared remote yet: run the card first.")
+    head = _commit_of(repo, "HEAD")
+    if head:
+        _git(repo, "update-ref", "--no-deref", "HEAD", head, doing="detach the clone's HEAD")
+    private = f"board-landing/{os.getpid()}-{branch.replace('/', '-')}"
+    _git(repo, "update-ref", f"refs/heads/{base_branch}", base_sha, doing=f"take {base_branch} from the remote")
+    _git(repo, "update-ref", f"refs/heads/{private}", tip, doing=f"take {branch} from the remote")
+    try:
+        yield repo, private, base_sha
+    finally:
+        for ref in (f"refs/heads/{private}", f"refs/heads/{base_branch}"):
+            _git(repo, "update-ref", "-d", ref, check=False)
+
+
+def land_on_remote(path: str, base_branch: str, branch: str, mode: str, identity, message: str,
+                   work_dir: str | None = None) -> str:
+    """Land the remote's ``branch`` on the remote's ``base_branch`` (as last fetched into the
+    clone ``path``) by ``mode`` (``agents.landing_git.land``: merge, squash or rebase, built in
+    the clone), then push the new base with a plain, fast-forward push: when another landing or
+    person moved the base on the remote meanwhile, the remote refuses it and nothing changed
+    there. Returns the base's new sha. Raises the errors of ``landing_git.land``
+    (MergeConflict, NothingToLand, …), BranchNotFound, and landing_git.BaseMoved for a refused
+    push (with git's message)."""
+    from agents import landing_git
+
+    with _landing_refs(path, base_branch, branch) as (repo, private, old):
+        new = landing_git.land(repo, base_branch, private, mode, identity, message, work_dir=work_dir)
+        result = _git(repo, "push", "--quiet", "--porcelain", REMOTE, f"{new}:refs/heads/{base_branch}",
+                      check=False, timeout=NETWORK_TIMEOUT)
+        if result.status != 0:
+            raise landing_git.BaseMoved(
+                f"Could not push the landing to {base_branch} on the shared remote, so nothing landed (has "
+                f"{base_branch} moved there? try again): {_tail(result.err or result.out, 1500)}"
+            )
+        # (git's push records it itself when the clone's fetch refspec matches; this is for when not.)
+        _git(repo, "update-ref", tracking_ref(base_branch), new, doing="record the landed base")
+        return new
+
+
+def trial_merge_on_remote(path: str, base_branch: str, branch: str) -> tuple[str, list[str]]:
+    """``(base sha, conflicting paths)`` of merging the remote's ``branch`` into the remote's
+    ``base_branch`` now, objects only (``agents.landing_git.trial_merge``). Raises
+    BranchNotFound and GitError."""
+    from agents import landing_git
+
+    with _landing_refs(path, base_branch, branch) as (repo, private, base_sha):
+        return base_sha, landing_git.trial_merge(repo, base_branch, private)
+
+
+def delete_remote_branch(path: str, branch: str) -> None:
+    """Delete ``branch`` on the remote (``git push origin --delete``). Raises PushRejected."""
+    repo = os.path.abspath(path)
+    result = _git(repo, "push", "--quiet", REMOTE, "--delete", f"refs/heads/{branch}", check=False,
+                  timeout=NETWORK_TIMEOUT)
+    if result.status != 0:
+        raise PushRejected(f"Could not delete {branch} on the shared remote: {_tail(result.err or result.out, 1500)}")
+    _git(repo, "update-ref", "-d", tracking_ref(branch), check=False)

@@ -16,7 +16,7 @@ import os
 
 from django.conf import settings
 
-from agents import landing_git, shared_remote, worktrees
+from agents import clones, landing_git, shared_remote, worktrees
 from agents.runner import _identity
 from board.models import BoardError, Card, LandMode, Run
 
@@ -38,14 +38,14 @@ def _project_lock(card: Card):
 
 
 def _refuse_shared_remote(card: Card, doing: str) -> None:
-    """Raise BoardError for git work on the base branch or the card's branch that this board
-    does not do yet for a project whose cards live on a shared remote (workers on other hosts):
-    it would act on the user's checkout, which the cards' branches are not in."""
+    """Raise BoardError for git work on the card's branch that this board does not do yet for a
+    project whose cards live on a shared remote (workers on other hosts): it would rewrite a
+    branch other nodes have, or act on the user's checkout, which the cards' branches are not in."""
     if shared_remote.is_multi_host(card.project):
         raise BoardError(
             f"{doing} is not available yet for projects whose cards work from a shared remote "
-            f"({card.project.remote_url}): the card's branch {card.branch or ''} is there; merge it "
-            "from the remote by hand (or with a pull request) and mark the card done."
+            f"({card.project.remote_url}): the card's branch {card.branch or ''} is there; land it, "
+            "or merge it from the remote by hand (or with a pull request) and mark the card done."
         )
 
 
@@ -77,12 +77,13 @@ def land_card(card: Card, mode: str | None = None) -> str:
     checkout, conflicts, a base that moved…), in which case nothing changed. Conflicts found are
     also stored on the card (``Card.record_conflicts``) so it shows them."""
     card = _fresh(card)
-    _refuse_shared_remote(card, "Landing")
     mode = mode or card.effective_land_mode
     if mode not in LandMode.values:
         raise BoardError(f"'{mode}' is not a landing mode; use one of {', '.join(LandMode.values)}.")
     card.check_can_land()
     project = card.project
+    if shared_remote.is_multi_host(project):
+        return _land_on_shared_remote(card, mode)
     with _project_lock(card):
         card = _fresh(card)
         card.check_can_land()  # again, inside the lock: another landing of this card may just have ended
@@ -98,6 +99,36 @@ def land_card(card: Card, mode: str | None = None) -> str:
     return f"Landed on {base} as {sha[:10]} ({LandMode(mode).label.lower()}). " + _clean_up(
         card, rebased_tip=sha if mode == LandMode.REBASE else None
     )
+
+
+def _land_on_shared_remote(card: Card, mode: str) -> str:
+    """Land a card of a project with a shared remote: in this node's clone, fetched now, the
+    card's pushed branch goes onto the remote's base, which is then pushed (fast-forward only, so
+    a base that moved on the remote fails cleanly and nothing changed). The card's branch stays
+    on the remote as it is (deleted there when the project says so), and worker nodes keep
+    their worktrees of it until they remove them. Raises as land_card."""
+    project = card.project
+    with _project_lock(card):
+        card = _fresh(card)
+        card.check_can_land()
+        repo = shared_remote.fresh_clone(project)
+        try:
+            sha = clones.land_on_remote(repo, project.base_branch, card.branch, mode, _identity(), _message(card, mode),
+                                        work_dir=str(settings.WORKTREES_DIR / str(project.pk)))
+        except landing_git.MergeConflict as exc:
+            card.record_conflicts(exc.base, exc.files)
+            raise
+        base = project.base_branch
+        card.record_landing(sha, mode, f"landed on {base} of the shared remote as {sha[:10]} "
+                                       f"({LandMode(mode).label.lower()})")
+    note = f"Landed on {base} of the shared remote as {sha[:10]} ({LandMode(mode).label.lower()})."
+    if not project.delete_branch_on_land:
+        return f"{note} The branch {card.branch} was kept on the shared remote."
+    try:
+        clones.delete_remote_branch(repo, card.branch)
+    except worktrees.GitError as exc:
+        return f"{note} The branch {card.branch} could not be deleted on the shared remote: {exc}"
+    return f"{note} The branch {card.branch} was deleted on the shared remote."
 
 
 def _clean_up(card: Card, rebased_tip: str | None = None) -> str:
@@ -142,12 +173,15 @@ def check_conflicts(card: Card) -> list[str]:
     paths, [] when none. Raises BoardError when the card has no branch or has landed, and
     GitError."""
     card = _fresh(card)
-    _refuse_shared_remote(card, "Checking for conflicts")
     if card.landed_commit:
         raise BoardError(f"This card has already landed as {card.landed_commit[:10]}.")
     if not card.branch:
         raise BoardError("Nothing to check: the card has no branch yet; start it first.")
     project = card.project
+    if shared_remote.is_multi_host(project):
+        base, files = clones.trial_merge_on_remote(shared_remote.fresh_clone(project), project.base_branch, card.branch)
+        card.record_conflicts(base, files)
+        return files
     base = worktrees.resolve_base(project.repo_path, project.base_branch)
     files = landing_git.trial_merge(project.repo_path, project.base_branch, card.branch)
     card.record_conflicts(base, files)

@@ -254,7 +254,7 @@ def test_a_remote_that_is_gone_fails_the_run_before_the_agent_starts(shared_card
 
 
 @pytest.mark.django_db
-def test_landing_rebasing_and_rolling_back_refuse_clearly_with_a_shared_remote(shared_card, project, node):
+def test_rebasing_and_rolling_back_refuse_clearly_with_a_shared_remote(shared_card, project, node):
     from agents import landing, runner
     from board.models import BoardError
 
@@ -262,12 +262,53 @@ def test_landing_rebasing_and_rolling_back_refuse_clearly_with_a_shared_remote(s
     run = shared_card.start()
     runner.execute(run.pk)
     shared_card.refresh_from_db()
-    with pytest.raises(BoardError, match="Landing is not available yet for projects whose cards work from a shared remote"):
-        landing.land_card(shared_card)
-    with pytest.raises(BoardError, match="Rebasing is not available yet"):
+    with pytest.raises(BoardError, match="Rebasing is not available yet for projects whose cards work from a shared remote"):
         landing.rebase_card(shared_card)
     with pytest.raises(BoardError, match="Roll-back is not available"):
         runner.roll_back_card(shared_card, run.base_commit)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["merge", "squash", "rebase"])
+def test_the_web_lands_a_pushed_card_on_the_remote_s_base_and_a_base_that_moved_fails_cleanly(
+    shared_card, project, remote, node, tmp_path, mode, monkeypatch
+):
+    from agents import landing, landing_git, runner
+    from board import review
+    from board.models import Column
+
+    node("node-a")
+    runner.execute(shared_card.start().pk)
+    shared_card.refresh_from_db()
+    node("web")
+    before = git(remote, "rev-parse", "main").strip()
+    assert landing.check_conflicts(shared_card) == []
+
+    # Someone pushes to main on the remote after the web's last fetch: the web's first try
+    # builds on what it fetched, and the remote refuses the push, so nothing lands.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(remote), str(other))
+    commit_in(other, "other.txt", "elsewhere\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(clones, "fetch", lambda path: None)  # the push lands between the web's fetch and its push
+        git(other, "push", "-q", "origin", "main")
+        with pytest.raises(landing_git.BaseMoved, match="Could not push the landing to main on the shared remote"):
+            landing.land_card(shared_card, mode)
+    moved = git(remote, "rev-parse", "main").strip()
+    assert moved != before
+    shared_card.refresh_from_db()
+    assert shared_card.column == Column.REVIEW and not shared_card.landed_commit
+
+    note = landing.land_card(shared_card, mode)
+    shared_card.refresh_from_db()
+    landed = git(remote, "rev-parse", "main").strip()
+    assert note.startswith(f"Landed on main of the shared remote as {landed[:10]}")
+    assert shared_card.column == Column.DONE and shared_card.landed_commit == landed
+    assert git(remote, "merge-base", "--is-ancestor", moved, landed) == ""  # a fast-forward of the remote's main
+    assert git(remote, "show", "main:work.txt").startswith("run ") and git(remote, "show", "main:other.txt") == "elsewhere\n"
+    assert git(remote, "rev-parse", shared_card.branch), "the card's branch is kept on the remote"
+    page = review.diff_page(shared_card, review.DiffQuery())
+    assert page.note == "" and [e.file.path for e in page.entries] == ["work.txt"]
 
 
 @pytest.mark.django_db
