@@ -57,7 +57,9 @@ def execute(run_id: int) -> str | None:
     because its project runs as many as it may at once (Run.claim)."""
     run = Run.claim(run_id, settings.BOARD_NODE_NAME, os.getpid())
     if run is None:
-        log.info("run %s not taken: not queued any more, or held until its project has a free slot", run_id)
+        # Normal with several workers or a parallel limit (another worker took it, or it waits for
+        # a slot): not worth a line in the board's log at the default level.
+        log.debug("run %s not taken: not queued any more, or held until its project has a free slot", run_id)
         return None
     try:
         outcome = _execute(run)

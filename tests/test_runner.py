@@ -119,6 +119,15 @@ def test_a_redelivered_task_does_not_run_the_agent_twice(make_card, project, tmp
     assert counter.read_text() == "x\n"
 
 
+def test_a_run_not_taken_is_logged_at_debug_level_only(make_card, caplog):
+    run = make_card("echo once").start()
+    runner.execute(run.pk)
+    with caplog.at_level("DEBUG", logger=runner.log.name):
+        assert runner.execute(run.pk) is None
+    taken = [r for r in caplog.records if "not taken" in r.getMessage()]
+    assert [r.levelname for r in taken] == ["DEBUG"], "normal with several workers: not a warning, not even info"
+
+
 def test_a_second_start_reuses_the_card_worktree_and_branch(make_card, project):
     card = make_card("echo again >> notes.txt")
     first = start_and_run(card)
