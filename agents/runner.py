@@ -213,7 +213,9 @@ def _execute(run: Run) -> Outcome:
         # Recorded before the branch exists, so a crash from here on leaves a branch that is
         # known to be the card's own and is reused by the next run.
         card.branch, card.worktree_path = worktrees.free_names(
-            repo, project.branch_prefix, card.pk, card.title, str(settings.WORKTREES_DIR / str(project.pk))
+            repo, project.branch_prefix, card.pk, card.title, str(settings.WORKTREES_DIR / str(project.pk)),
+            # A branch of that name on the shared remote is someone else's (another board, a reset database).
+            also_taken_refs=(clones.tracking_ref(""),) if multi_host else (),
         )
         card.worktree_host = shared_remote.node_name() if multi_host else ""
         card.save(update_fields=["branch", "worktree_path", "worktree_host", "updated_at"])
@@ -586,8 +588,10 @@ def interrupt_orphans(is_alive, reason: str) -> int:
     for run in runs:
         kill_marked(run_mark(run.pk))
         card = run.card
+        # A worktree another node holds is that node's to commit in (the path may even exist here).
+        here = card.worktree_host in ("", settings.BOARD_NODE_NAME)
         try:
-            if card.worktree_path and os.path.isdir(card.worktree_path):
+            if here and card.worktree_path and os.path.isdir(card.worktree_path):
                 message = f"Recovery checkpoint: run {run.pk} of card #{card.pk} was interrupted"
                 _checkpoint(run, card.worktree_path, message)
                 # Its earlier checkpoints too: the run never got to record them itself.

@@ -528,18 +528,22 @@ def worktree_folder(card_id: int, title: str) -> str:
     return f"{int(card_id)}-{slugify(title)}"
 
 
-def free_names(repo_path: str, prefix: str, card_id: int, title: str, root: str) -> tuple[str, str]:
+def free_names(repo_path: str, prefix: str, card_id: int, title: str, root: str,
+               also_taken_refs: tuple[str, ...] = ()) -> tuple[str, str]:
     """A branch name and a worktree folder (under ``root``) for a card's first run that nothing
     uses yet: ``(branch_name(...), root/worktree_folder(...))``, or the same with ``-2``, ``-3``…
     when a branch of that name exists (made by hand, or left by a board whose database was reset)
-    or the folder is taken. Someone else's branch or folder is never reused. Raises
+    or the folder is taken; ``also_taken_refs``: more ref prefixes whose branches count as taken, such as
+    ``("refs/remotes/origin/",)`` for branches on a shared remote. Someone else's branch or folder is
+    never reused. Raises
     :class:`NotARepository`, or :class:`GitError` when 100 names are all taken."""
     repo = _abs(repo_path)
     branch, folder = branch_name(prefix, card_id, title), worktree_folder(card_id, title)
     for n in range(1, 101):
         suffix = "" if n == 1 else f"-{n}"
         candidate = os.path.join(root, folder + suffix)
-        if _commit_of(repo, f"refs/heads/{branch}{suffix}") is None and not os.path.lexists(candidate):
+        taken = any(_commit_of(repo, f"{ref}{branch}{suffix}") for ref in ("refs/heads/", *also_taken_refs))
+        if not taken and not os.path.lexists(candidate):
             return branch + suffix, candidate
     raise GitError(f"Branches {branch}, {branch}-2 … {branch}-100 all exist already in {repo}.")
 

@@ -587,3 +587,26 @@ def test_two_worker_processes_sharing_only_the_remote_postgresql_and_redis_push_
     assert not (web.data / "worktrees").exists() or not any((web.data / "worktrees").rglob("notes-*"))
     # The lead's checkout was never used: no card's branch there.
     assert git(checkout, "branch", "--list", "agent/*") == ""
+
+
+@pytest.mark.django_db
+def test_a_first_run_never_takes_a_branch_of_the_same_name_already_on_the_remote(shared_card, remote, node, tmp_path):
+    from agents import runner
+    from board.models import RunState
+
+    # Another board (or this one before its database was reset) pushed a branch of that name.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(remote), str(other))
+    git(other, "switch", "-q", "-c", f"agent/{shared_card.pk}-shared-work")
+    theirs = commit_in(other, "theirs.txt", "not yours\n")
+    git(other, "push", "-q", "origin", f"agent/{shared_card.pk}-shared-work")
+
+    node("node-a")
+    run = shared_card.start()
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    shared_card.refresh_from_db()
+    assert run.state == RunState.SUCCEEDED, run.error
+    assert shared_card.branch == f"agent/{shared_card.pk}-shared-work-2"
+    assert git(remote, "rev-parse", f"agent/{shared_card.pk}-shared-work").strip() == theirs
+    assert "theirs.txt" not in git(remote, "ls-tree", "--name-only", shared_card.branch)
