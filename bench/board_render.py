@@ -152,6 +152,7 @@ def server_times(url: str) -> list[float]:
 
 def queries_per_render(project_id: int) -> int:
     """SQL queries of one render of the board page, in this process."""
+    from django.contrib.auth.models import AnonymousUser
     from django.db import connection
     from django.test.client import RequestFactory
     from django.test.utils import CaptureQueriesContext
@@ -159,6 +160,7 @@ def queries_per_render(project_id: int) -> int:
     from board.views import board
 
     request = RequestFactory().get(f"/projects/{project_id}/")
+    request.user = AnonymousUser()  # as the login middleware leaves it for the local user
     with CaptureQueriesContext(connection) as queries:
         board(request, project_id)
     return len(queries)
