@@ -122,13 +122,35 @@ def e2e_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e")
 
 
+# This session's name in the names of the logs it writes, so that two e2e sessions at once (two
+# checkouts, or two people on one machine) never write or delete each other's board log.
+SESSION = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def session_log(output_dir: Path, name: str = "board") -> Path:
+    """Where this session's log ``name`` goes: ``<output_dir>/<name>-<started>-<pid>.log``."""
+    return output_dir / f"{name}-{SESSION}.log"
+
+
+def _written_by_a_live_session(path: Path) -> bool:
+    """Whether ``path`` is a session_log of a pytest process still running (not this one)."""
+    pid = path.stem.rpartition("-")[2]
+    if not (pid.isascii() and pid.isdigit()) or int(pid) == os.getpid():
+        return False
+    try:
+        return psutil.Process(int(pid)).is_running()
+    except psutil.Error:
+        return False
+
+
 @pytest.fixture(scope="session")
 def output_dir() -> Path:
     """test-output/e2e at the repository root (gitignored): screenshots and the board's log,
-    emptied at the start so that no artifact of an earlier session is mistaken for this one's."""
+    emptied at the start so that no artifact of an earlier session is mistaken for this one's;
+    the logs of sessions still running are left to them."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     for old in OUTPUT_DIR.iterdir():
-        if old.is_file() and old.suffix in (".png", ".log"):
+        if old.is_file() and old.suffix in (".png", ".log") and not _written_by_a_live_session(old):
             old.unlink()
     return OUTPUT_DIR
 
@@ -150,7 +172,7 @@ def board(e2e_dir, output_dir):
     port = free_port()
     data_dir = e2e_dir / "data"
     data_dir.mkdir()
-    log_path = output_dir / "board.log"
+    log_path = session_log(output_dir)
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(BOARD_DATA_DIR=str(data_dir), BOARD_WORKERS="2", FAKE_LLM_KEY=FAKE_LLM_KEY, PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log_file:
