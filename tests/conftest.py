@@ -39,6 +39,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shared_database_env() -> dict[str, str]:
+    """The environment that points another process at this test run's database: its SQLite file
+    (BOARD_DB_PATH), or, when the suite runs on PostgreSQL (DATABASE_URL set), DATABASE_URL naming
+    pytest-django's test database instead of the configured one."""
+    from django.conf import settings
+    from django.db import connection
+
+    name = str(connection.settings_dict["NAME"])
+    if connection.vendor == "sqlite":
+        return {"BOARD_DB_PATH": name}
+    url = settings.DATABASE_URL
+    path_start = url.index("/", url.index("://") + 3)
+    query = url.find("?", path_start)
+    return {"DATABASE_URL": url[:path_start] + "/" + name + (url[query:] if query >= 0 else "")}
+
+
 def execute_in_thread(run_id: int):
     """Run ``agents.runner.execute(run_id)`` in a new thread, as a worker would, with its own
     database connection (closed at the end); returns the started thread. Needs a transactional

@@ -10,10 +10,9 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from board.models import Agent, Card, Column, Project
-from tests.conftest import git
+from tests.conftest import git, shared_database_env
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +93,7 @@ def test_card_start_wait_runs_it_on_a_real_worker_and_prints_the_result(make_car
     # this test's own.
     worker_data = tmp_path / "worker-data"
     settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": str(worker_data / "cache")}}
-    env = {**os.environ, "BOARD_DB_PATH": str(connection.settings_dict["NAME"]), "BOARD_WORKERS": "1",
+    env = {**os.environ, **shared_database_env(), "BOARD_WORKERS": "1",
            "DJANGO_SECRET_KEY": settings.SECRET_KEY,  # django-q2 signs its heartbeat with it
            "BOARD_DATA_DIR": str(worker_data)}
     worker = subprocess.Popen(

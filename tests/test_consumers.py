@@ -13,13 +13,13 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connection
 
 from board import relay
 from board.consumers import CARD_PUSH_GAP, RESUME_WAIT
 from board.models import Run
 from board.relay import LIVE_PUSH_CHARS
 from config.asgi import application
+from tests.conftest import shared_database_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,8 +51,7 @@ async def receive_until(communicator, needle: str, timeout: float = 10.0) -> str
 def other_process(code: str, **env_vars: str) -> None:
     """Run ``code`` in a new Python process with Django set up on the test database (and
     ``env_vars`` in its environment)."""
-    env = {**os.environ, "BOARD_DB_PATH": str(connection.settings_dict["NAME"]), "DJANGO_SETTINGS_MODULE": "config.settings",
-           **env_vars}
+    env = {**os.environ, **shared_database_env(), "DJANGO_SETTINGS_MODULE": "config.settings", **env_vars}
     subprocess.run(
         [sys.executable, "-c", "import django; django.setup()\n" + code],
         cwd=settings.BASE_DIR, env=env, check=True, capture_output=True, timeout=60,
