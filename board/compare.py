@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from agents import worktrees
+from board import review
 from board.models import Agent, Card, Column, Run
 
 
@@ -43,11 +44,13 @@ def diff_size(card: Card) -> tuple[int | None, int | None, int | None, str]:
     project = card.project
     if not card.branch:
         return None, None, None, "not started"
-    if not os.path.isdir(project.repo_path):
+    if not (project.remote_url or os.path.isdir(project.repo_path)):
         return None, None, None, "the repository is gone"
     try:
-        old, new = worktrees.branch_range(project.repo_path, project.base_branch, card.branch)
-        files = worktrees.changed_files(project.repo_path, old, new)
+        # The same source as the card's diff: with a shared remote, the pushed branch.
+        repo, base, branch = review.source(card)
+        old, new = worktrees.branch_range(repo, base, branch)
+        files = worktrees.changed_files(repo, old, new)
     except worktrees.GitError as exc:
         return None, None, None, str(exc)[:200]
     return len(files), sum(f.added for f in files), sum(f.deleted for f in files), ""

@@ -211,6 +211,9 @@ def test_a_card_goes_on_on_another_node_from_what_the_first_pushed_and_the_web_s
     assert [c.sha for c in review.checkpoints(card)] == git(remote, "rev-list", "--reverse", f"main..{card.branch}").split()
     one = review.diff_page(card, review.DiffQuery(commit=first))
     assert one.added == 1 and one.commit == first
+    from board.compare import diff_size
+
+    assert diff_size(card) == (1, 2, 0, ""), "the variants' comparison reads the pushed branch too"
 
 
 @pytest.mark.django_db
