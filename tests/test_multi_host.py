@@ -215,6 +215,13 @@ def test_a_card_goes_on_on_another_node_from_what_the_first_pushed_and_the_web_s
 
     assert diff_size(card) == (1, 2, 0, ""), "the variants' comparison reads the pushed branch too"
 
+    from django.test import Client
+    from django.urls import reverse
+
+    page = Client().get(reverse("card_detail", args=[card.pk]))
+    assert page.status_code == 200
+    assert b'class="worktree-host">node-b</strong>' in page.content
+
 
 @pytest.mark.django_db
 def test_a_push_that_fails_fails_the_run_with_git_s_message_and_keeps_the_commits_on_the_node(
