@@ -620,3 +620,52 @@ def test_a_first_run_never_takes_a_branch_of_the_same_name_already_on_the_remote
     assert shared_card.branch == f"agent/{shared_card.pk}-shared-work-2"
     assert git(remote, "rev-parse", f"agent/{shared_card.pk}-shared-work").strip() == theirs
     assert "theirs.txt" not in git(remote, "ls-tree", "--name-only", shared_card.branch)
+
+
+@pytest.mark.django_db
+def test_an_interrupted_run_is_judged_only_by_its_own_node_which_pushes_its_recovery_checkpoint(
+    shared_card, remote, node
+):
+    from agents import runner
+    from board.management.commands.board import worker_alive
+    from board.models import Run, RunState
+
+    card = shared_card
+    node("node-a")
+    runner.execute(card.start().pk)
+    card.refresh_from_db()
+    follow = card.follow_up("More")
+    dead_pid = 2 ** 22 + 4321
+    Run.objects.filter(pk=follow.pk).update(state=RunState.RUNNING, worker_host="node-a", worker_pid=dead_pid)
+    Path(card.worktree_path, "half-done.txt").write_text("work in progress\n")
+
+    node("node-b")  # another node's start-up or check: node a's run is not its to judge
+    assert runner.interrupt_orphans(worker_alive, reason="its worker process died") == 0
+    follow.refresh_from_db()
+    assert follow.state == RunState.RUNNING
+
+    node("node-a")
+    assert runner.interrupt_orphans(worker_alive, reason="its worker process died") == 1
+    follow.refresh_from_db()
+    assert follow.state == RunState.INTERRUPTED
+    assert git(remote, "show", f"{card.branch}:half-done.txt") == "work in progress\n", "the recovery checkpoint was pushed"
+
+
+@pytest.mark.django_db
+def test_deleting_a_card_keeps_its_branch_on_the_remote_and_removes_only_this_node_s_worktree(
+    shared_card, remote, node
+):
+    from agents import runner
+    from board.models import Card
+
+    card = shared_card
+    node("node-a")
+    runner.execute(card.start().pk)
+    card.refresh_from_db()
+    worktree, branch = Path(card.worktree_path), card.branch
+    (worktree / "left.txt").write_text("not committed yet\n")
+
+    note = runner.delete_card(card)
+    assert note == f"Its branch {branch} was kept on the shared remote."
+    assert not worktree.exists() and not Card.objects.filter(pk=card.pk).exists()
+    assert git(remote, "show", f"{branch}:left.txt") == "not committed yet\n", "what was left is committed and pushed"
