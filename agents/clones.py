@@ -42,6 +42,7 @@ __all__ = [
     "land_on_remote",
     "trial_merge_on_remote",
     "delete_remote_branch",
+    "push_from",
 ]
 
 REMOTE = "origin"
@@ -312,3 +313,12 @@ def delete_remote_branch(path: str, branch: str) -> None:
     if result.status != 0:
         raise PushRejected(f"Could not delete {branch} on the shared remote: {_tail(result.err or result.out, 1500)}")
     _git(repo, "update-ref", "-d", tracking_ref(branch), check=False)
+
+
+def push_from(repo_path: str, url: str, branch: str) -> None:
+    """Push the local ``branch`` of another repository (such as the project's own checkout) to the
+    remote ``url``, fast-forward only; the repository itself is not changed. Raises PushRejected."""
+    result = _git(os.path.abspath(repo_path), "push", "--quiet", "--", normalise_url(url),
+                  f"refs/heads/{branch}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
+    if result.status != 0:
+        raise PushRejected(f"Could not push {branch} to the shared remote: {_tail(result.err or result.out, 1500)}")

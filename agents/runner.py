@@ -194,6 +194,8 @@ def _repository(run: Run) -> tuple[str, str]:
         worktrees.resolve_base(repo, base)
     except worktrees.BranchNotFound:
         raise RunFailure(f"The shared remote {project.remote_url} has no branch {project.base_branch}.") from None
+    if card.branch and not card.worktree_host and clones.remote_tip(repo, card.branch) is None:
+        _carry_over_branch(run, repo)
     if card.branch and (card.worktree_host != node or not card.worktree_path):
         # The worktree is on another node (or nowhere yet): this node makes its own from the
         # pushed branch, in its own data folder.
@@ -202,6 +204,29 @@ def _repository(run: Run) -> tuple[str, str]:
         card.worktree_ready = False
         card.save(update_fields=["worktree_path", "worktree_host", "worktree_ready", "updated_at"])
     return repo, base
+
+
+def _carry_over_branch(run: Run, repo: str) -> None:
+    """A card whose branch was made before its project had a shared remote (its worktree host is
+    blank) goes on from that branch, not from scratch: pushed to the remote from the project's
+    checkout when this node has it, else the run fails saying how to push it. Raises RunFailure."""
+    card = run.card
+    project = card.project
+    if os.path.isdir(project.repo_path) and worktrees.branch_exists(project.repo_path, card.branch):
+        try:
+            clones.push_from(project.repo_path, project.remote_url, card.branch)
+        except worktrees.GitError as exc:
+            raise RunFailure(f"The card's branch {card.branch} was made before the project had a shared remote, "
+                             f"and pushing it there failed: {exc}") from exc
+        clones.fetch(repo)
+        run.emit("step", f"Pushed {card.branch} from {project.repo_path} to the shared remote, to go on from it")
+        return
+    if _branch_base(card):  # it ran before, so it has work somewhere
+        raise RunFailure(
+            f"The card's branch {card.branch} was made before the project had a shared remote and is not on it. "
+            f"Push it from the project's checkout (git -C '{project.repo_path}' push '{project.remote_url}' "
+            f"{card.branch}) and start the card again."
+        )
 
 
 def _execute(run: Run) -> Outcome:

@@ -669,3 +669,29 @@ def test_deleting_a_card_keeps_its_branch_on_the_remote_and_removes_only_this_no
     assert note == f"Its branch {branch} was kept on the shared remote."
     assert not worktree.exists() and not Card.objects.filter(pk=card.pk).exists()
     assert git(remote, "show", f"{branch}:left.txt") == "not committed yet\n", "what was left is committed and pushed"
+
+
+@pytest.mark.django_db
+def test_a_card_that_ran_before_the_project_had_a_shared_remote_goes_on_from_its_branch(
+    project, remote, make_card, node
+):
+    from agents import runner
+    from board.models import RunState
+
+    git(project.repo_path, "fetch", "-q", str(remote), "main")
+    git(project.repo_path, "reset", "-q", "--hard", "FETCH_HEAD")  # the checkout and the remote share main
+    card = make_card('echo "run $RUN_ID" >> work.txt', title="Older card")
+    runner.execute(card.start().pk)  # single host: the branch is in the project's checkout
+    card.refresh_from_db()
+    assert card.worktree_host == "" and worktrees.branch_exists(project.repo_path, card.branch)
+
+    project.remote_url = str(remote)
+    project.save()
+    node("node-a")
+    follow = card.follow_up("Go on")
+    runner.execute(follow.pk)
+    follow.refresh_from_db()
+    card.refresh_from_db()
+    assert follow.state == RunState.SUCCEEDED, follow.error
+    assert card.worktree_host == "node-a"
+    assert len(git(remote, "show", f"{card.branch}:work.txt").splitlines()) == 2, "it went on from the earlier run"
