@@ -141,12 +141,12 @@ def ensure_clone(url: str, path: str) -> bool:
     return True
 
 
-def fetch(path: str) -> None:
-    """Bring every remote-tracking branch of the clone up to the remote (``git fetch --prune``).
-    Raises :class:`RemoteUnreachable` with git's message."""
+def fetch(path: str, timeout: float = NETWORK_TIMEOUT) -> None:
+    """Bring every remote-tracking branch of the clone up to the remote (``git fetch --prune``),
+    in at most ``timeout`` seconds. Raises :class:`RemoteUnreachable` with git's message."""
     result = _git(
         os.path.abspath(path), "fetch", "--quiet", "--prune", REMOTE,
-        f"+refs/heads/*:refs/remotes/{REMOTE}/*", check=False, timeout=NETWORK_TIMEOUT,
+        f"+refs/heads/*:refs/remotes/{REMOTE}/*", check=False, timeout=timeout,
     )
     if result.status != 0:
         url = _git(path, "remote", "get-url", REMOTE, check=False, read_only=True).out.strip()

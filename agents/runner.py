@@ -98,7 +98,7 @@ def _push_after(run: Run, outcome: Outcome) -> Outcome:
         return outcome
     repo = shared_remote.clone_path(card.project)
     try:
-        if not worktrees.branch_exists(repo, card.branch):
+        if not (os.path.isdir(repo) and worktrees.branch_exists(repo, card.branch)):
             return outcome  # cut off before its branch was made: nothing to push
         sha = clones.push_branch(repo, card.branch)
     except worktrees.GitError as exc:

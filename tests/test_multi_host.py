@@ -300,7 +300,7 @@ def test_the_web_lands_a_pushed_card_on_the_remote_s_base_and_a_base_that_moved_
     git(tmp_path, "clone", "-q", str(remote), str(other))
     commit_in(other, "other.txt", "elsewhere\n")
     with monkeypatch.context() as patch:
-        patch.setattr(clones, "fetch", lambda path: None)  # the push lands between the web's fetch and its push
+        patch.setattr(clones, "fetch", lambda path, timeout=None: None)  # the push lands between the web's fetch and its push
         git(other, "push", "-q", "origin", "main")
         with pytest.raises(landing_git.BaseMoved, match="Could not push the landing to main on the shared remote"):
             landing.land_card(shared_card, mode)
@@ -695,3 +695,19 @@ def test_a_card_that_ran_before_the_project_had_a_shared_remote_goes_on_from_its
     assert follow.state == RunState.SUCCEEDED, follow.error
     assert card.worktree_host == "node-a"
     assert len(git(remote, "show", f"{card.branch}:work.txt").splitlines()) == 2, "it went on from the earlier run"
+
+
+@pytest.mark.django_db
+def test_the_web_shows_the_last_fetched_diff_when_the_remote_cannot_be_reached(shared_card, remote, node, tmp_path):
+    from agents import runner, shared_remote
+    from board import review
+
+    node("node-a")
+    runner.execute(shared_card.start().pk)
+    shared_card.refresh_from_db()
+    node("web")
+    assert review.diff_page(shared_card, review.DiffQuery()).added == 1
+    remote.rename(tmp_path / "away.git")
+    shared_remote._fetched_at.clear()  # as if the last fetch were long ago
+    page = review.diff_page(shared_card, review.DiffQuery())
+    assert page.note == "" and page.added == 1
