@@ -482,8 +482,23 @@ class Card(models.Model):
         self.refresh_from_db()
 
     # Where a list of the cards this one depends on, read ahead for many cards at once, is kept
-    # (Prefetch("depends_on", to_attr=...), views.board_context); waiting_for reads it if there.
+    # (read_dependencies, for views.board_context); waiting_for reads it if there.
     DEPENDS_ON_READ = "depends_on_read"
+
+    @classmethod
+    def read_dependencies(cls, cards: list[Card], project_id: int) -> None:
+        """Give each of ``cards`` (cards of project ``project_id``) the list of the cards it
+        depends on, in the cards' order (position, id), for ``waiting_for``: one query over the
+        project's dependencies. Prefetched as ``depends_on`` (an IN list of every card's id and a
+        queryset per card to hold the result), a board of 1,000 cards took about 10 ms more."""
+        links = (cls.depends_on.through.objects.filter(from_card__project_id=project_id)
+                 .select_related("to_card").defer("to_card__prompt", "to_card__conflicts")
+                 .order_by("to_card__position", "to_card__id"))
+        read: dict[int, list[Card]] = {}
+        for link in links:
+            read.setdefault(link.from_card_id, []).append(link.to_card)
+        for card in cards:
+            setattr(card, cls.DEPENDS_ON_READ, read.get(card.pk, []))
 
     @property
     def waiting_for(self) -> list[Card]:

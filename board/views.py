@@ -9,7 +9,7 @@ from collections import Counter
 from django.conf import settings
 from django.contrib import messages
 from django.db import transaction
-from django.db.models import Count, Prefetch
+from django.db.models import Count
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -78,11 +78,8 @@ def board_context(project: Project, oob: bool = False) -> dict:
     # for a thousand cards, they were most of a render's time (bench/board_render.py).
     # Read before the cards: the page then shows every change up to this event (BoardConsumer).
     last_event = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    # Dependencies into a plain list (Card.waiting_for reads it): prefetched as card.depends_on,
-    # Django made a queryset per card to hold them, a third of the render.
-    cards = list(project.cards.select_related("current_run")
-                 .prefetch_related("agent", Prefetch("depends_on", to_attr=Card.DEPENDS_ON_READ))
-                 .defer(*BOARD_DEFERRED))
+    cards = list(project.cards.select_related("current_run").prefetch_related("agent").defer(*BOARD_DEFERRED))
+    Card.read_dependencies(cards, project.pk)  # prefetched as depends_on, they were a third of the render
     # Why cards that were to start by themselves did not, in one query for the board (Card.start_failure).
     idle = [c for c in cards if c.column == Column.BACKLOG and c.start_when_ready and not c.is_running and not c.waiting_for]
     failures = start_failures(idle)

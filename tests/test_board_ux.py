@@ -318,3 +318,15 @@ def test_a_board_card_has_no_whitespace_between_its_tags(client, project):
     for card in cards:
         html = card.split("</article>")[0]
         assert ">\n" not in html and "> <" not in html, html
+
+
+def test_the_cards_a_board_waits_for_are_read_in_one_query_and_in_the_cards_order(project, make_card):
+    first, second, waiting, alone = (make_card(title=t) for t in ("First", "Second", "Waiting", "Alone"))
+    waiting.depends_on.add(second, first)
+    Card.objects.filter(pk=second.pk).update(position=-1)  # above First in its column
+    cards = list(Card.objects.filter(project=project))
+    with CaptureQueriesContext(connection) as queries:
+        Card.read_dependencies(cards, project.pk)
+        waits = {card.title: [dep.title for dep in card.waiting_for] for card in cards}
+    assert len(queries) == 1
+    assert waits["Waiting"] == ["Second", "First"] and waits["Alone"] == [] and waits["First"] == []
