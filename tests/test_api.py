@@ -283,3 +283,27 @@ def test_card_add_with_start_queues_the_card_from_a_shell_or_adds_nothing(projec
     with pytest.raises(CommandError, match="No worker is running"):
         call_command("card", "add", "--project", str(project.pk), "--title", "x", "--agent", "echo", "--start")
     assert Card.objects.count() == 1
+
+
+def test_a_token_works_from_another_machine_where_pages_need_a_login(project, token, settings):
+    settings.BOARD_LOGIN_REQUIRED = True
+    remote = Client(HTTP_HOST="127.0.0.1", REMOTE_ADDR="10.0.0.5")
+    assert remote.get(f"/projects/{project.pk}/").status_code == 302  # the page: log in first
+    response = remote.get("/api/projects/", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200 and [p["id"] for p in response.json()] == [project.pk]
+    assert remote.get("/api/projects/").status_code == 401
+
+
+def test_last_use_is_written_at_most_once_a_minute_and_an_inactive_user_is_refused(make_token):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    user, secret = make_token(superuser=True)
+    first = ApiToken.authenticate(secret).last_used_at
+    assert ApiToken.authenticate(secret).last_used_at == first
+    ApiToken.objects.update(last_used_at=timezone.now() - timedelta(minutes=2))
+    assert ApiToken.authenticate(secret).last_used_at > first
+    user.is_active = False
+    user.save()
+    assert ApiToken.authenticate(secret) is None
