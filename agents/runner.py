@@ -297,9 +297,15 @@ def _sandbox(run: Run, worktree: str) -> tuple[str, ...]:
     team_server = bool(settings.BOARD_LOGIN_REQUIRED or settings.DATABASE_URL or settings.REDIS_URL)
     prompt_folder = settings.RUNS_DIR / str(run.pk)  # _prompt_file's, read from inside the sandbox
     prompt_folder.mkdir(parents=True, exist_ok=True)
+    # The data folder holds the database, the generated secret key and every other card's
+    # worktree: hidden, then the run's own parts bound back. A SQLite file kept elsewhere too.
+    hidden = [str(settings.DATA_DIR)]
+    sqlite = getattr(settings, "SQLITE_PATH", None)
+    if sqlite and not settings.DATABASE_URL and not Path(sqlite).resolve().is_relative_to(settings.DATA_DIR):
+        hidden += [str(sqlite), f"{sqlite}-wal", f"{sqlite}-shm"]
     try:
         decision = decide_sandbox(settings.BOARD_SANDBOX, team_server, worktree, run.card.project.sandbox_network,
-                                  readable=(str(prompt_folder),))
+                                  readable=(str(prompt_folder),), hidden=tuple(hidden))
     except SandboxError as exc:
         raise RunFailure(str(exc)) from exc
     run.sandboxed = decision.sandboxed

@@ -99,18 +99,26 @@ def git_paths(worktree: str) -> tuple[str | None, list[str]]:
 
 
 def bwrap_prefix(
-    bwrap: str, worktree: str, network: bool = False, readable: tuple[str, ...] = (), writable: tuple[str, ...] = ()
+    bwrap: str, worktree: str, network: bool = False, readable: tuple[str, ...] = (), writable: tuple[str, ...] = (),
+    hidden: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
     """The argv prefix that runs a command in the sandbox: ``(*prefix, "bash", "-c", cmd)``.
 
     The whole file system read-only (``--ro-bind / /``), a fresh /dev and /proc, a private empty
-    /tmp, then the folders in ``readable`` read-only again (needed when they lie under /tmp,
-    such as the run's prompt file or a repository in a test) and ``worktree`` and the folders
-    in ``writable`` writable; every namespace unshared (``--share-net`` only when ``network``);
-    the sandbox dies with its parent and runs in a new session; the command starts in the
-    worktree. Paths are used as given (pass real paths).
+    /tmp; the folders in ``hidden`` replaced by empty ones and the files in it by an empty file
+    (the board's data folder: its database, its secret key, other cards' worktrees); then the
+    folders in ``readable`` read-only again (needed when they lie under /tmp or a hidden folder,
+    such as the run's prompt file or the repository's git folder) and ``worktree`` and the
+    folders in ``writable`` writable; every namespace unshared (``--share-net`` only when
+    ``network``); the sandbox dies with its parent and runs in a new session; the command starts
+    in the worktree. Paths are used as given (pass real paths).
     """
     args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in hidden:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
     for path in readable:
         if os.path.exists(path):
             args += ["--ro-bind", path, path]
@@ -123,13 +131,16 @@ def bwrap_prefix(
     return tuple(args)
 
 
-def decide(mode: str, team_server: bool, worktree: str, network: bool, readable: tuple[str, ...] = ()) -> Decision:
+def decide(
+    mode: str, team_server: bool, worktree: str, network: bool, readable: tuple[str, ...] = (), hidden: tuple[str, ...] = ()
+) -> Decision:
     """Whether and how to sandbox a run's commands under the BOARD_SANDBOX setting ``mode``:
     "off" never; "on" always, raising :class:`SandboxError` when bwrap is missing or unusable;
     "auto" when ``team_server`` is true and bwrap works (otherwise unsandboxed, and the note
     says why). ``network`` is the project's switch; ``readable`` folders outside the worktree
-    the commands must read even under /tmp (the run's prompt file's folder). Raises ValueError
-    for an unknown mode."""
+    the commands must read even under /tmp or a ``hidden`` one (the run's prompt file's
+    folder); ``hidden`` folders and files the commands must not read (see :func:`bwrap_prefix`).
+    Raises ValueError for an unknown mode."""
     if mode not in MODES:
         raise ValueError(f"BOARD_SANDBOX must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "off":
@@ -145,7 +156,8 @@ def decide(mode: str, team_server: bool, worktree: str, network: bool, readable:
     root = os.path.realpath(worktree)
     common, writable = git_paths(root)
     readable = tuple(os.path.realpath(p) for p in readable) + ((common,) if common else ())
-    prefix = bwrap_prefix(bwrap, root, network, readable, tuple(writable))
+    hidden = tuple(os.path.realpath(p) for p in hidden)
+    prefix = bwrap_prefix(bwrap, root, network, readable, tuple(writable), hidden)
     note = "Sandboxed with bubblewrap: the worktree is writable, the rest read-only; " + (
         "network allowed by the project." if network else "no network.")
     return Decision(prefix, network, note)

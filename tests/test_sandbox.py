@@ -88,6 +88,9 @@ def test_the_prefix_makes_everything_read_only_but_the_worktree_with_a_private_t
     assert "--die-with-parent" in prefix and "--new-session" in prefix and "--share-net" not in prefix
     assert prefix[-2:] == ("--chdir", "/w/tree")
     assert "--share-net" in sandbox.bwrap_prefix("/usr/bin/bwrap", "/w/tree", network=True)
+    hidden = " ".join(sandbox.bwrap_prefix("/usr/bin/bwrap", "/usr/w", hidden=("/usr", "/etc/hostname", "/no/such")))
+    assert "--tmpfs /tmp --tmpfs /usr --ro-bind /dev/null /etc/hostname --bind /usr/w /usr/w" in hidden
+    assert "/no/such" not in hidden
 
 
 def test_auto_sandboxes_only_a_team_server_and_off_never(tmp_path):
@@ -239,3 +242,26 @@ def test_stop_kills_a_sandboxed_command_s_whole_tree(sandbox_on, make_card):
     assert run.state == RunState.STOPPED and run.sandboxed is True
     time.sleep(0.5)
     assert processes_named(marker) == [], "bwrap, the shell and every sleep, the one in its own session too"
+
+
+def test_the_board_s_data_folder_is_hidden_but_the_run_s_worktree_and_prompt_are_there(sandbox_on, make_card, project):
+    import shutil
+    import tempfile
+
+    # Outside /tmp, which the sandbox replaces anyway, as a real data folder is.
+    data = Path(tempfile.mkdtemp(prefix="board-data-", dir="/var/tmp"))
+    try:
+        sandbox_on.DATA_DIR, sandbox_on.WORKTREES_DIR, sandbox_on.RUNS_DIR = data, data / "worktrees", data / "runs"
+        (data / "secret_key").write_text("generated-secret-key\n")
+        (data / "board.sqlite3").write_text("database pages\n")
+        card = make_card(f'cat {data}/secret_key {data}/board.sqlite3; ls {data}; head -1 "$CARD_PROMPT_FILE"; '
+                         "echo in the worktree > made.txt")
+        run = start_and_run(card)
+        assert run.state == RunState.SUCCEEDED, run.error
+        log = "\n".join(run.events.values_list("text", flat=True))
+        assert "generated-secret-key" not in log and "database pages" not in log
+        assert "No such file or directory" in log and "# Do the thing" in log
+        assert card.worktree_path.startswith(str(data))
+        assert git(project.repo_path, "show", f"{card.branch}:made.txt") == "in the worktree\n"
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
