@@ -52,7 +52,7 @@ def login_board(tmp_path_factory, output_dir):
         _stop(board)
 
 
-def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board(login_board, page, tmp_path, output_dir):
+def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board_and_a_member_more(login_board, page, tmp_path, output_dir):
     repo = tmp_path / "login-repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -63,6 +63,8 @@ def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board(login_board,
     login_board.manage("card", "add", "--project", project_id, "--title", "Read me, do not start me")
     login_board.manage("shell", "-c", f"from django.contrib.auth.models import User; User.objects.create_user('vera', password={PASSWORD!r})")
     login_board.manage("member", "add", "vera", project_id, "viewer")
+    login_board.manage("shell", "-c", f"from django.contrib.auth.models import User; User.objects.create_user('mia', password={PASSWORD!r})")
+    login_board.manage("member", "add", "mia", project_id, "member")
 
     page.goto(f"{login_board.url}/projects/{project_id}/")
     expect(page).to_have_url(f"{login_board.url}/login?next=/projects/{project_id}/")
@@ -96,3 +98,14 @@ def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board(login_board,
     expect(page).to_have_url(f"{login_board.url}/login")
     page.goto(f"{login_board.url}/")
     expect(page).to_have_url(f"{login_board.url}/login?next=/")
+
+    # A member starts cards but neither marks them done nor changes the project's settings.
+    page.get_by_label("Username").fill("mia")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.goto(f"{login_board.url}/projects/{project_id}/")
+    expect(page.locator("body")).to_have_attribute("data-role", "member")
+    expect(card.locator("button.start")).to_be_visible()
+    expect(card.locator("button.mark-done")).to_be_hidden()
+    expect(page.get_by_role("link", name="Settings")).to_be_hidden()
+    expect(page.locator("#card-form")).to_be_visible()
