@@ -21,6 +21,7 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -339,3 +340,13 @@ def _dead_pid() -> int | None:
         if not psutil.pid_exists(pid):
             return pid
     return None
+
+
+def test_the_web_process_keeps_no_database_connection_per_request(team):
+    # Each request runs in a thread of its own under ASGI; a connection kept past its request
+    # would stay open after its thread ended, one per request, until PostgreSQL refused more.
+    for _ in range(40):
+        team.get("/")
+    port = urlsplit(POSTGRES_URL).port or 5432
+    held = [c for c in psutil.Process(team.web.proc.pid).net_connections(kind="tcp") if c.raddr and c.raddr.port == port]
+    assert len(held) <= 3, f"the web process holds {len(held)} PostgreSQL connections after 40 requests"
