@@ -13,16 +13,16 @@ pytestmark = pytest.mark.e2e
 
 def test_a_card_added_on_the_board_waits_for_the_cards_chosen_in_the_form(board, page, tmp_path, output_dir):
     project = add_project(board, tmp_path / "card-form-repo", "card-form")
-    board.manage("agent", "add", "quiet", "--command", "echo quiet")
-    first = board.manage("card", "add", "--project", project, "--title", "Schema first", "--agent", "quiet").strip().splitlines()[-1]
-    landed = board.manage("card", "add", "--project", project, "--title", "Old news", "--agent", "quiet").strip().splitlines()[-1]
+    board.manage("agent", "add", "form-quiet", "--command", "echo quiet")
+    first = board.manage("card", "add", "--project", project, "--title", "Schema first", "--agent", "form-quiet").strip().splitlines()[-1]
+    landed = board.manage("card", "add", "--project", project, "--title", "Old news", "--agent", "form-quiet").strip().splitlines()[-1]
     page.goto(f"{board.url}/projects/{project}/")
     page.locator(f"#card-{landed}").get_by_role("button", name="Mark done").click()
     expect(page.locator(f"#list-done #card-{landed}")).to_be_visible()
 
     form = page.locator("#card-form")
     form.get_by_label("Title").fill("API after the schema")
-    form.locator("[name=agent]").select_option("quiet")
+    form.locator("[name=agent]").select_option("form-quiet")
     waits = form.get_by_label("Waits for")
     expect(waits.locator("option")).to_have_count(0)  # nothing rendered with the page
     waits.focus()

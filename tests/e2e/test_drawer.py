@@ -77,9 +77,9 @@ def test_a_cards_drawer_follows_its_run_live_and_reopens_after_a_reload(board, p
 
 def test_the_drawers_forms_answer_in_the_drawer_and_show_a_refusal_there(board, page, tmp_path, output_dir):
     project = add_project(board, tmp_path / "drawer-forms-repo", "drawer-forms")
-    board.manage("agent", "add", "quiet", "--command", "echo quiet")
-    first = board.manage("card", "add", "--project", project, "--title", "Land me first", "--agent", "quiet").strip().splitlines()[-1]
-    card = board.manage("card", "add", "--project", project, "--title", "Wait in the drawer", "--agent", "quiet",
+    board.manage("agent", "add", "drawer-quiet", "--command", "echo quiet")
+    first = board.manage("card", "add", "--project", project, "--title", "Land me first", "--agent", "drawer-quiet").strip().splitlines()[-1]
+    card = board.manage("card", "add", "--project", project, "--title", "Wait in the drawer", "--agent", "drawer-quiet",
                         "--waits-for", first).strip().splitlines()[-1]
     board_url = f"{board.url}/projects/{project}/"
 
