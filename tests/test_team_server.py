@@ -299,18 +299,20 @@ def test_on_postgresql_and_redis_a_worker_process_runs_a_card_the_board_follows_
     assert not problems, team.logs()
 
 
-def test_a_worker_started_on_a_shared_database_leaves_the_runs_of_other_live_workers_of_its_host_running(team):
+def test_a_worker_started_on_a_shared_database_leaves_the_runs_of_other_live_workers_of_its_host_running(team, make_repo):
     import psycopg
 
     # A run of a live worker process of this host (this test's own pid stands in for one) and a
     # run whose worker is gone, as another worker service would leave them.
     gone = wait_for(_dead_pid, 5, "a free pid")
+    repo = make_repo("held")
     runs = []
     for pid in (os.getpid(), gone):
         script = (
             "import socket\nfrom board.models import Agent, Card, Project, Run, RunState\n"
-            "card = Card.create(Project.objects.order_by('pk').first(), 'Held by another worker', 'Wait', "
-            "Agent.objects.get(name='team-editor'), 'act')\n"
+            f"project, _ = Project.objects.get_or_create(name='held', repo_path={str(repo)!r}, base_branch='main')\n"
+            "agent, _ = Agent.objects.get_or_create(name='team-sleeper', defaults={'kind': 'command', 'command': 'sleep 1'})\n"
+            "card = Card.create(project, 'Held by another worker', 'Wait', agent, 'act')\n"
             "run = Run.objects.create(card=card, agent=card.agent, state=RunState.RUNNING, "
             f"worker_host=socket.gethostname(), worker_pid={pid})\nprint(run.pk)\n"
         )
