@@ -515,13 +515,17 @@ def finished_run(database: str, card_id: int, after_run: int, nodes) -> dict:
 
 WEB_VIEW = """
 import json
+from django.test import Client
 from board import review
 from board.models import Card
+client = Client(SERVER_NAME="127.0.0.1")
 out = {}
 for card in Card.objects.select_related("project", "current_run").order_by("pk"):
     page = review.diff_page(card, review.DiffQuery())
+    raw = client.get(f"/cards/{card.pk}/diff/raw", {"path": f"notes-{card.pk}.txt"})
     out[card.pk] = {"note": page.note, "files": [e.file.path for e in page.entries], "added": page.added,
-                    "checkpoints": [c.sha for c in review.checkpoints(card)], "host": card.worktree_host}
+                    "checkpoints": [c.sha for c in review.checkpoints(card)], "host": card.worktree_host,
+                    "raw": [raw.status_code, raw.content.decode()]}
 print("WEB " + json.dumps(out))
 """
 
@@ -586,6 +590,10 @@ def test_two_worker_processes_sharing_only_the_remote_postgresql_and_redis_push_
 
     # The web, with a data folder of its own and no worktree, shows each card's pushed diff.
     shown = web_view(web)
+    for card, runs in ((first, (run1, run3)), (second, (run2, run4))):
+        status, patch = shown[card].pop("raw")
+        assert status == 200, patch
+        assert [line for line in patch.splitlines() if line.startswith("+run")] == [f"+run {r['id']}" for r in runs]
     assert shown[first] == {
         "note": "", "files": [f"notes-{first}.txt"], "added": 2, "host": "node-b",
         "checkpoints": git(remote, "rev-list", "--reverse", f"main..{branch1}").split(),
