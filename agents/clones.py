@@ -162,7 +162,7 @@ def _is_ancestor(repo: str, a: str, b: str) -> bool:
     return _git(repo, "merge-base", "--is-ancestor", a, b, check=False, read_only=True).status == 0
 
 
-def sync_branch(path: str, branch: str, worktree: str | None = None) -> str:
+def sync_branch(path: str, branch: str, worktree: str | None = None, remote_is_truth: bool = False) -> str:
     """Bring the clone's local ``branch`` up to what the remote has (as of the last fetch), since
     the remote is the truth and another node may have gone on with the card:
 
@@ -171,7 +171,11 @@ def sync_branch(path: str, branch: str, worktree: str | None = None) -> str:
     * local behind the remote: fast-forwarded (in ``worktree`` when it has the branch checked
       out, with ``git merge --ff-only``, else by moving the branch);
     * local ahead (commits a failed push left): kept, the next push sends them;
-    * both have commits of their own: :class:`BranchesDiverged`, nothing changes.
+    * both have commits of their own: with ``remote_is_truth`` (another node has gone on with the
+      card since this one last had it, so this node's extra commits are from a push that failed
+      before), this node's tip is kept as ``refs/board/superseded/<branch>/<sha>`` and the branch
+      (and its clean worktree) moved to the remote's; otherwise :class:`BranchesDiverged`, and
+      nothing changes.
 
     Returns a sentence for the card ("" when nothing changed). Raises :class:`GitError`."""
     repo = os.path.abspath(path)
@@ -185,11 +189,13 @@ def sync_branch(path: str, branch: str, worktree: str | None = None) -> str:
     if local == remote or _is_ancestor(repo, remote, local):
         return "" if local == remote else f"{branch} here is ahead of the shared remote; the next push sends it"
     if not _is_ancestor(repo, local, remote):
-        raise BranchesDiverged(
-            f"The branch {branch} here ({local[:10]}) and on the shared remote ({remote[:10]}) both have commits "
-            "the other lacks, so the run did not start. Push or merge them by hand in this node's clone "
-            f"({repo}), then start the card again."
-        )
+        if not remote_is_truth:
+            raise BranchesDiverged(
+                f"The branch {branch} here ({local[:10]}) and on the shared remote ({remote[:10]}) both have commits "
+                "the other lacks, so the run did not start. Push or merge them by hand in this node's clone "
+                f"({repo}), then start the card again."
+            )
+        return _supersede(repo, branch, local, remote, worktree)
     if worktree and os.path.isdir(worktree):
         head = _git(worktree, "symbolic-ref", "--quiet", "--short", "HEAD", check=False, read_only=True).out.strip()
         if head == branch:
@@ -199,6 +205,28 @@ def sync_branch(path: str, branch: str, worktree: str | None = None) -> str:
     # Not checked out anywhere here (git refuses to move a checked-out branch, which is right).
     _git(repo, "branch", "-f", "--", branch, remote, doing=f"bring {branch} up to the shared remote's")
     return f"Brought {branch} up to the shared remote's {remote[:10]}"
+
+
+def _supersede(repo: str, branch: str, local: str, remote: str, worktree: str | None) -> str:
+    """Move ``branch`` from ``local`` to the remote's ``remote``, keeping ``local`` as a ref. Raises
+    BranchesDiverged when the worktree holds uncommitted work, which a reset would lose."""
+    checked_out = bool(worktree and os.path.isdir(worktree)) and _git(
+        worktree, "symbolic-ref", "--quiet", "--short", "HEAD", check=False, read_only=True).out.strip() == branch
+    if checked_out and _git(worktree, "status", "--porcelain", "--untracked-files=normal", read_only=True,
+                            doing=f"read the status of {worktree}").out.strip():
+        raise BranchesDiverged(
+            f"The branch {branch} here ({local[:10]}) is behind what another node pushed ({remote[:10]}) and has "
+            f"commits of its own, and its worktree {worktree} holds uncommitted work, so the run did not start. "
+            "Commit or remove that work by hand, then start the card again."
+        )
+    keep = f"refs/board/superseded/{branch}/{local[:12]}"
+    _git(repo, "update-ref", keep, local, doing=f"keep {local[:12]} as {keep}")
+    if checked_out:
+        _git(worktree, "reset", "--hard", "--quiet", remote, doing=f"move the worktree {worktree} to the remote's {branch}")
+    else:
+        _git(repo, "branch", "-f", "--", branch, remote, doing=f"move {branch} to the shared remote's")
+    return (f"This node's {branch} had commits the shared remote lacks ({local[:10]}), from before another node went "
+            f"on with the card; they are kept as {keep}, and the run goes on from the remote's {remote[:10]}")
 
 
 def push_branch(path: str, branch: str) -> str:

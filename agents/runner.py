@@ -173,8 +173,9 @@ def _branch_commits(run: Run) -> list[str] | None:
         return None
 
 
-def _repository(run: Run) -> tuple[str, str]:
-    """Where the card's worktree comes from: ``(repository, base ref)``. Single host: the
+def _repository(run: Run) -> tuple[str, str, bool]:
+    """Where the card's worktree comes from: ``(repository, base ref, taken over)``; taken over:
+    the card's worktree was last on another node (multi-host only). Single host: the
     project's own checkout and base branch. Multi-host: this node's clone of the shared remote,
     fetched now, and the remote's base branch; the card's branch is first brought up to what
     the remote has (another node may have gone on with the card), and the card records that its
@@ -185,7 +186,7 @@ def _repository(run: Run) -> tuple[str, str]:
         if not os.path.isdir(project.repo_path):
             raise RunFailure(f"The project's repository {project.repo_path} no longer exists.")
         worktrees.inspect_repository(project.repo_path)
-        return project.repo_path, project.base_branch
+        return project.repo_path, project.base_branch, False
     node = shared_remote.node_name()
     run.emit("step", f"Fetching the shared remote {project.remote_url} into node {node}'s clone")
     repo = shared_remote.fresh_clone(project)
@@ -196,6 +197,7 @@ def _repository(run: Run) -> tuple[str, str]:
         raise RunFailure(f"The shared remote {project.remote_url} has no branch {project.base_branch}.") from None
     if card.branch and not card.worktree_host and clones.remote_tip(repo, card.branch) is None:
         _carry_over_branch(run, repo)
+    taken_over = bool(card.branch and card.worktree_host and card.worktree_host != node)
     if card.branch and (card.worktree_host != node or not card.worktree_path):
         # The worktree is on another node (or nowhere yet): this node makes its own from the
         # pushed branch, in its own data folder.
@@ -203,7 +205,7 @@ def _repository(run: Run) -> tuple[str, str]:
         card.worktree_host = node
         card.worktree_ready = False
         card.save(update_fields=["worktree_path", "worktree_host", "worktree_ready", "updated_at"])
-    return repo, base
+    return repo, base, taken_over
 
 
 def _carry_over_branch(run: Run, repo: str) -> None:
@@ -232,7 +234,7 @@ def _carry_over_branch(run: Run, repo: str) -> None:
 def _execute(run: Run) -> Outcome:
     card = run.card
     project = card.project
-    repo, base_branch = _repository(run)
+    repo, base_branch, taken_over = _repository(run)
     multi_host = shared_remote.is_multi_host(project)
     if not card.branch:
         # Recorded before the branch exists, so a crash from here on leaves a branch that is
@@ -245,7 +247,7 @@ def _execute(run: Run) -> Outcome:
         card.worktree_host = shared_remote.node_name() if multi_host else ""
         card.save(update_fields=["branch", "worktree_path", "worktree_host", "updated_at"])
     if multi_host:
-        synced = clones.sync_branch(repo, card.branch, card.worktree_path)
+        synced = clones.sync_branch(repo, card.branch, card.worktree_path, remote_is_truth=taken_over)
         if synced:
             run.emit("step", synced)
     run.emit("step", f"Preparing worktree on branch {card.branch} from {project.base_branch}")

@@ -719,3 +719,65 @@ def test_the_web_shows_the_last_fetched_diff_when_the_remote_cannot_be_reached(s
     shared_remote._fetched_at.clear()  # as if the last fetch were long ago
     page = review.diff_page(shared_card, review.DiffQuery())
     assert page.note == "" and page.added == 1
+
+
+def test_a_node_that_was_passed_by_goes_on_from_the_remote_and_keeps_its_own_commits_as_a_ref(remote, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for clone in (a, b):
+        clones.ensure_clone(str(remote), str(clone))
+    base = clones.tracking_ref("main")
+    tree_a = worktrees.ensure_worktree(str(a), base, "agent/4-w", str(tmp_path / "wa"))
+    unpushed = commit_in(Path(tree_a.path), "a.txt", "a\n")  # its push failed
+    tree_b = worktrees.ensure_worktree(str(b), base, "agent/4-w", str(tmp_path / "wb"))
+    theirs = commit_in(Path(tree_b.path), "b.txt", "b\n")
+    clones.push_branch(str(b), "agent/4-w")
+    clones.fetch(str(a))
+
+    (Path(tree_a.path) / "dirty.txt").write_text("uncommitted\n")
+    with pytest.raises(clones.BranchesDiverged, match="holds uncommitted work"):
+        clones.sync_branch(str(a), "agent/4-w", tree_a.path, remote_is_truth=True)
+    (Path(tree_a.path) / "dirty.txt").unlink()
+
+    note = clones.sync_branch(str(a), "agent/4-w", tree_a.path, remote_is_truth=True)
+    keep = f"refs/board/superseded/agent/4-w/{unpushed[:12]}"
+    assert f"they are kept as {keep}" in note
+    assert git(a, "rev-parse", keep).strip() == unpushed
+    assert git(tree_a.path, "rev-parse", "HEAD").strip() == theirs
+    assert (Path(tree_a.path) / "b.txt").exists() and not (Path(tree_a.path) / "a.txt").exists()
+
+
+@pytest.mark.django_db
+def test_a_node_whose_push_failed_goes_on_from_what_another_node_pushed_since(shared_card, remote, node):
+    from agents import runner, shared_remote
+    from board.models import RunState
+
+    card = shared_card
+    node("node-a")
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    first = card.start()
+    runner.execute(first.pk)
+    first.refresh_from_db()
+    assert first.state == RunState.FAILED and "Could not push" in first.error
+    hook.unlink()
+
+    node("node-b")
+    card.refresh_from_db()
+    second = card.resume()  # the lead starts it again; node b takes it
+    runner.execute(second.pk)
+    second.refresh_from_db()
+    assert second.state == RunState.SUCCEEDED, second.error
+
+    node("node-a")
+    card.refresh_from_db()
+    third = card.follow_up("Again")
+    runner.execute(third.pk)
+    third.refresh_from_db()
+    card.refresh_from_db()
+    assert third.state == RunState.SUCCEEDED, third.error
+    assert "they are kept as refs/board/superseded/" in " ".join(third.events.values_list("text", flat=True))
+    lines = git(remote, "show", f"{card.branch}:work.txt").splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"run {second.pk}", f"run {third.pk}"]
+    clone = shared_remote.clone_path(card.project)
+    assert git(clone, "for-each-ref", "--format=%(objectname)", "refs/board/superseded/").split() == first.commits
