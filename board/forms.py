@@ -280,6 +280,9 @@ class ProjectSettingsForm(ModelFieldsMixin, forms.ModelForm):
         value = (self.cleaned_data.get("remote_url") or "").strip()
         if not value:
             return ""
+        if value == self.instance.remote_url and self.data.get("base_branch", self.instance.base_branch) == self.instance.base_branch:
+            # Unchanged: saving other settings needs no network, even while the remote is down.
+            return value
         try:
             url = clones.normalise_url(value)
             branches = clones.check_remote(url)

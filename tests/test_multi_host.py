@@ -781,3 +781,19 @@ def test_a_node_whose_push_failed_goes_on_from_what_another_node_pushed_since(sh
     assert [line.split(":")[0] for line in lines] == [f"run {second.pk}", f"run {third.pk}"]
     clone = shared_remote.clone_path(card.project)
     assert git(clone, "for-each-ref", "--format=%(objectname)", "refs/board/superseded/").split() == first.commits
+
+
+@pytest.mark.django_db
+def test_saving_other_settings_does_not_check_an_unchanged_remote_again(project, remote, tmp_path):
+    from django.forms.models import model_to_dict
+
+    from board.forms import ProjectSettingsForm
+
+    project.remote_url = str(remote)
+    project.save()
+    remote.rename(tmp_path / "down.git")  # unreachable for now
+    data = {k: ("" if v is None else v) for k, v in model_to_dict(project, ProjectSettingsForm._meta.fields).items()}
+    form = ProjectSettingsForm({**data, "name": "renamed"}, instance=project)
+    assert form.is_valid(), form.errors
+    form = ProjectSettingsForm({**data, "remote_url": str(tmp_path / "other.git")}, instance=project)
+    assert not form.is_valid() and "git cannot read the remote" in form.errors["remote_url"][0]
