@@ -10,10 +10,13 @@ branch names, returns plain values and raises :class:`~agents.worktrees.GitError
 The clone's remote is always named ``origin``; a card's pushed branch ``b`` is read from
 ``refs/remotes/origin/b`` (see :func:`tracking_ref`).
 
-Pushes never rewrite a branch: they are plain fast-forward pushes, because nothing rewrites a
-card's branch in multi-host mode (roll-back and rebase refuse there; a landing only adds commits
-to the base), so a push the remote rejects means another node pushed commits this one does not
-have, and it fails the run (or the landing) rather than overwrite them.
+A run's push never rewrites a branch: it is a plain fast-forward push, so a push the remote
+rejects means another node pushed commits this one does not have, and it fails the run rather
+than overwrite them (a landing only adds commits to the base, pushed the same way). The one
+rewrite is the lead's roll-back (:func:`roll_back_remote`), forced with a lease on the tip last
+fetched; a node that last had the card before a roll-back, or before another node went on with
+it, moves its branch to the remote's and keeps its own tip as a ref (:func:`sync_branch` with
+``remote_is_truth``). Rebasing a card refuses in multi-host mode.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "trial_merge_on_remote",
     "delete_remote_branch",
     "push_from",
+    "roll_back_remote",
 ]
 
 REMOTE = "origin"
@@ -171,11 +175,11 @@ def sync_branch(path: str, branch: str, worktree: str | None = None, remote_is_t
     * local behind the remote: fast-forwarded (in ``worktree`` when it has the branch checked
       out, with ``git merge --ff-only``, else by moving the branch);
     * local ahead (commits a failed push left): kept, the next push sends them;
-    * both have commits of their own: with ``remote_is_truth`` (another node has gone on with the
-      card since this one last had it, so this node's extra commits are from a push that failed
-      before), this node's tip is kept as ``refs/board/superseded/<branch>/<sha>`` and the branch
-      (and its clean worktree) moved to the remote's; otherwise :class:`BranchesDiverged`, and
-      nothing changes.
+    * both have commits of their own: :class:`BranchesDiverged`, nothing changes;
+    * but with ``remote_is_truth`` (another node has gone on with the card, or the lead rolled
+      it back, since this node last had it), a local branch ahead or diverged is moved to the
+      remote's (its clean worktree reset there) and its tip kept as
+      ``refs/board/superseded/<branch>/<sha>``.
 
     Returns a sentence for the card ("" when nothing changed). Raises :class:`GitError`."""
     repo = os.path.abspath(path)
@@ -186,8 +190,12 @@ def sync_branch(path: str, branch: str, worktree: str | None = None, remote_is_t
     if local is None:
         _git(repo, "branch", "--no-track", "--", branch, remote, doing=f"make the branch {branch} from the remote's")
         return f"Took {branch} from the shared remote at {remote[:10]}"
-    if local == remote or _is_ancestor(repo, remote, local):
-        return "" if local == remote else f"{branch} here is ahead of the shared remote; the next push sends it"
+    if local == remote:
+        return ""
+    if _is_ancestor(repo, remote, local):
+        if remote_is_truth:  # rolled back on the remote since this node had the card
+            return _supersede(repo, branch, local, remote, worktree)
+        return f"{branch} here is ahead of the shared remote; the next push sends it"
     if not _is_ancestor(repo, local, remote):
         if not remote_is_truth:
             raise BranchesDiverged(
@@ -215,9 +223,9 @@ def _supersede(repo: str, branch: str, local: str, remote: str, worktree: str | 
     if checked_out and _git(worktree, "status", "--porcelain", "--untracked-files=normal", read_only=True,
                             doing=f"read the status of {worktree}").out.strip():
         raise BranchesDiverged(
-            f"The branch {branch} here ({local[:10]}) is behind what another node pushed ({remote[:10]}) and has "
-            f"commits of its own, and its worktree {worktree} holds uncommitted work, so the run did not start. "
-            "Commit or remove that work by hand, then start the card again."
+            f"The branch {branch} here ({local[:10]}) differs from the shared remote's ({remote[:10]}), which another "
+            f"node or a roll-back made since this node had the card, and its worktree {worktree} holds uncommitted "
+            "work, so the run did not start. Commit or remove that work by hand, then start the card again."
         )
     keep = f"refs/board/superseded/{branch}/{local[:12]}"
     _git(repo, "update-ref", keep, local, doing=f"keep {local[:12]} as {keep}")
@@ -226,7 +234,8 @@ def _supersede(repo: str, branch: str, local: str, remote: str, worktree: str | 
     else:
         _git(repo, "branch", "-f", "--", branch, remote, doing=f"move {branch} to the shared remote's")
     return (f"This node's {branch} had commits the shared remote lacks ({local[:10]}), from before another node went "
-            f"on with the card; they are kept as {keep}, and the run goes on from the remote's {remote[:10]}")
+            f"on with the card or the lead rolled it back; they are kept as {keep}, and the run goes on from the "
+            f"remote's {remote[:10]}")
 
 
 def push_branch(path: str, branch: str) -> str:
@@ -350,3 +359,40 @@ def push_from(repo_path: str, url: str, branch: str) -> None:
                   f"refs/heads/{branch}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
     if result.status != 0:
         raise PushRejected(f"Could not push {branch} to the shared remote: {_tail(result.err or result.out, 1500)}")
+
+
+def roll_back_remote(path: str, branch: str, base_commit: str, target: str, keep_ref: str) -> tuple[str, str]:
+    """Reset the remote's ``branch`` to ``target`` (a full or abbreviated sha: one of the branch's
+    commits since ``base_commit``, or that base itself), keeping its tip recoverable as
+    ``keep_ref`` (such as ``refs/board/rollbacks/card-7/1``) on the remote and in the clone
+    ``path``. The one push here that rewrites a branch, so it is forced with a lease: it goes
+    through only while the remote's branch is still at the tip fetched last, so commits another
+    node pushed meanwhile are never thrown away. Returns ``(target's full sha, the old tip)``.
+    Raises CommitNotOnBranch-like GitError for a target that is not a checkpoint, GitError when
+    the branch is already there, and PushRejected (the lease failed, the remote refused)."""
+    from agents.worktrees import CommitNotOnBranch
+
+    repo = os.path.abspath(path)
+    tip = remote_tip(repo, branch)
+    if tip is None:
+        raise NotARepository(f"The card's branch {branch} is not on the shared remote; there is nothing to roll back.")
+    base = _check_commit(repo, base_commit)
+    sha = _commit_of(repo, target) if target and not target.startswith("-") else None
+    if sha is None or not (sha == base or any(c.sha == sha for c in pushed_commits(repo, base, branch))):
+        raise CommitNotOnBranch(f"Commit {target[:12]} is not one of the card's checkpoints.")
+    if sha == tip:
+        raise GitError(f"The branch is at {sha[:12]} already; nothing to roll back.")
+    kept = _git(repo, "push", "--quiet", REMOTE, f"{tip}:{keep_ref}", check=False, timeout=NETWORK_TIMEOUT)
+    if kept.status != 0:
+        raise PushRejected(f"Could not keep {tip[:12]} as {keep_ref} on the shared remote, so nothing was rolled "
+                           f"back: {_tail(kept.err or kept.out, 1500)}")
+    _git(repo, "update-ref", keep_ref, tip, doing=f"keep {tip[:12]} as {keep_ref}")
+    moved = _git(repo, "push", "--quiet", "--porcelain", f"--force-with-lease=refs/heads/{branch}:{tip}", REMOTE,
+                 f"{sha}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
+    if moved.status != 0:
+        raise PushRejected(
+            f"Could not roll {branch} back on the shared remote (did a run push to it meanwhile? nothing was rolled "
+            f"back; try again): {_tail(moved.err or moved.out, 1500)}"
+        )
+    _git(repo, "update-ref", tracking_ref(branch), sha, doing="record the rolled-back branch")
+    return sha, tip

@@ -175,7 +175,8 @@ def _branch_commits(run: Run) -> list[str] | None:
 
 def _repository(run: Run) -> tuple[str, str, bool]:
     """Where the card's worktree comes from: ``(repository, base ref, taken over)``; taken over:
-    the card's worktree was last on another node (multi-host only). Single host: the
+    this node did not hold the card's worktree last (another node did, or none since a roll-back),
+    so the remote's branch is the truth over this node's (multi-host only). Single host: the
     project's own checkout and base branch. Multi-host: this node's clone of the shared remote,
     fetched now, and the remote's base branch; the card's branch is first brought up to what
     the remote has (another node may have gone on with the card), and the card records that its
@@ -197,7 +198,8 @@ def _repository(run: Run) -> tuple[str, str, bool]:
         raise RunFailure(f"The shared remote {project.remote_url} has no branch {project.base_branch}.") from None
     if card.branch and not card.worktree_host and clones.remote_tip(repo, card.branch) is None:
         _carry_over_branch(run, repo)
-    taken_over = bool(card.branch and card.worktree_host and card.worktree_host != node)
+    # Blank here: made before the project had a shared remote, or rolled back by the lead since.
+    taken_over = bool(card.branch) and card.worktree_host != node
     if card.branch and (card.worktree_host != node or not card.worktree_path):
         # The worktree is on another node (or nowhere yet): this node makes its own from the
         # pushed branch, in its own data folder.
@@ -550,27 +552,39 @@ def roll_back_card(card: Card, sha: str) -> str:
     """Reset the card's branch to its checkpoint ``sha``; what is rolled back stays recoverable:
     uncommitted work is committed first, and the branch's commit before the reset is kept as
     ``refs/board/rollbacks/card-<id>/<n>``. The conversation of the built-in agent is told, so a
-    follow-up knows. Returns a sentence for the lead. Raises BoardError while the card runs or
-    has no worktree, GitError for a commit that is not a checkpoint of the card."""
+    follow-up knows. With a shared remote, the pushed branch is rolled back there (see
+    clones.roll_back_remote: forced with a lease, the old tip kept as that ref on the remote; what
+    a node's worktree held uncommitted is not part of the pushed branch and stays there). Returns
+    a sentence for the lead. Raises BoardError while the card runs or has no worktree, GitError
+    for a commit that is not a checkpoint of the card or a push that fails."""
     card.refresh_from_db()
     run = card.current_run
     if card.is_running:
         raise BoardError("Stop the card before rolling it back.")
-    if shared_remote.is_multi_host(card.project):
-        # A roll-back rewrites the branch, which the other nodes have from the shared remote.
-        raise BoardError("Roll-back is not available for projects with a shared remote yet; ask for a follow-up "
-                         "that undoes the changes instead.")
-    if not (run and card.worktree_path and os.path.isdir(card.worktree_path)):
-        raise BoardError("This card has no worktree to roll back.")
-    base = run.base_commit or _branch_base(card)
-    worktrees.commit_all(card.worktree_path, f"Card #{card.pk}: work left before a roll-back", _identity(),
-                         {"Card": f"#{card.pk}"})
-    n = 1 + sum(1 for r in worktrees.refs_under(card.worktree_path, f"refs/board/rollbacks/card-{card.pk}/"))
-    keep = f"refs/board/rollbacks/card-{card.pk}/{n}"
-    saved = worktrees.roll_back(card.worktree_path, base, sha, keep)
-    note = f"Rolled back to {sha[:10]}; the previous state {saved[:10]} is kept as {keep}."
+    if shared_remote.is_multi_host(card.project) and run is not None:
+        # The pushed branch is rolled back on the remote (forced with a lease, the one rewrite);
+        # no node holds an up-to-date worktree then, so whichever runs the card next moves its
+        # branch to the remote's, keeping its own tip (clones.sync_branch).
+        repo = shared_remote.fresh_clone(card.project)
+        prefix = f"refs/board/rollbacks/card-{card.pk}/"
+        keep = f"{prefix}{1 + len(worktrees.refs_under(repo, prefix))}"
+        sha, saved = clones.roll_back_remote(repo, card.branch, run.base_commit or _branch_base(card), sha, keep)
+        Card.objects.filter(pk=card.pk).update(worktree_host="")
+        commits = [c.sha for c in clones.pushed_commits(repo, run.base_commit or _branch_base(card), card.branch)]
+        note = f"Rolled back to {sha[:10]} on the shared remote; the previous state {saved[:10]} is kept there as {keep}."
+    else:
+        if not (run and card.worktree_path and os.path.isdir(card.worktree_path)):
+            raise BoardError("This card has no worktree to roll back.")
+        base = run.base_commit or _branch_base(card)
+        worktrees.commit_all(card.worktree_path, f"Card #{card.pk}: work left before a roll-back", _identity(),
+                             {"Card": f"#{card.pk}"})
+        n = 1 + sum(1 for r in worktrees.refs_under(card.worktree_path, f"refs/board/rollbacks/card-{card.pk}/"))
+        keep = f"refs/board/rollbacks/card-{card.pk}/{n}"
+        saved = worktrees.roll_back(card.worktree_path, base, sha, keep)
+        note = f"Rolled back to {sha[:10]}; the previous state {saved[:10]} is kept as {keep}."
+        commits = _branch_commits(run) or []
     run.emit("checkpoint", note, {"rolled_back_to": sha, "kept": keep})
-    Run.objects.filter(pk=run.pk).update(commits=_branch_commits(run) or [])
+    Run.objects.filter(pk=run.pk).update(commits=commits)
     if run.agent_state and run.agent_state.get("messages"):
         from agents import builtin
 

@@ -264,7 +264,7 @@ def test_a_remote_that_is_gone_fails_the_run_before_the_agent_starts(shared_card
 
 
 @pytest.mark.django_db
-def test_rebasing_and_rolling_back_refuse_clearly_with_a_shared_remote(shared_card, project, node):
+def test_rebasing_refuses_clearly_with_a_shared_remote(shared_card, project, node):
     from agents import landing, runner
     from board.models import BoardError
 
@@ -274,8 +274,55 @@ def test_rebasing_and_rolling_back_refuse_clearly_with_a_shared_remote(shared_ca
     shared_card.refresh_from_db()
     with pytest.raises(BoardError, match="Rebasing is not available yet for projects whose cards work from a shared remote"):
         landing.rebase_card(shared_card)
-    with pytest.raises(BoardError, match="Roll-back is not available"):
-        runner.roll_back_card(shared_card, run.base_commit)
+
+
+@pytest.mark.django_db
+def test_a_roll_back_from_the_web_rewrites_the_pushed_branch_with_a_lease_and_the_next_run_goes_on_from_it(
+    shared_card, remote, node, tmp_path, monkeypatch
+):
+    from agents import runner, shared_remote
+    from board.models import RunState
+
+    card = shared_card
+    node("node-a")
+    first = card.start()
+    runner.execute(first.pk)
+    card.refresh_from_db()
+    second = card.follow_up("Another line")
+    runner.execute(second.pk)
+    second.refresh_from_db()
+    tip = git(remote, "rev-parse", card.branch).strip()
+    checkpoint = second.commits[0]
+
+    node("web")
+    # A push after the web's last fetch: the lease fails, and nothing is rolled back.
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", "-b", card.branch, str(remote), str(other))
+    shared_remote.fresh_clone(card.project)
+    pushed = commit_in(other, "other.txt", "pushed meanwhile\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(clones, "fetch", lambda path, timeout=None: None)
+        git(other, "push", "-q", "origin", card.branch)
+        with pytest.raises(clones.PushRejected, match="Could not roll .* back on the shared remote"):
+            runner.roll_back_card(card, checkpoint)
+    assert git(remote, "rev-parse", card.branch).strip() == pushed
+    git(other, "push", "-q", "--force", "origin", f"{tip}:refs/heads/{card.branch}")  # undo the stranger's push
+
+    note = runner.roll_back_card(card, checkpoint)
+    card.refresh_from_db()
+    assert note.startswith(f"Rolled back to {checkpoint[:10]} on the shared remote")
+    assert git(remote, "rev-parse", card.branch).strip() == checkpoint
+    kept = note.split("kept there as ")[1].rstrip(".")
+    assert git(remote, "rev-parse", kept).strip() == tip, "the rolled-back commits stay on the remote"
+    assert card.worktree_host == ""
+
+    node("node-a")  # its worktree still has the rolled-back commit: the remote wins, its tip is kept
+    third = card.follow_up("Go on")
+    runner.execute(third.pk)
+    third.refresh_from_db()
+    assert third.state == RunState.SUCCEEDED, third.error
+    lines = git(remote, "show", f"{card.branch}:work.txt").splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"run {first.pk}", f"run {third.pk}"]
 
 
 @pytest.mark.django_db
