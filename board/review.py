@@ -346,13 +346,18 @@ def source(card) -> tuple[str, str, str]:
     set): this process's clone of the shared remote, fetched at most every few seconds or at
     once when the card's run ended since the last fetch (agents.shared_remote.web_clone), with
     the remote-tracking refs of the base and of the card's pushed branch, so the web needs no
-    worktree of the card. Raises worktrees.GitError (the remote cannot be read)."""
+    worktree of the card. Raises worktrees.GitError (the remote cannot be read; BranchNotFound
+    while the card's branch is not pushed yet)."""
     project = card.project
     if not shared_remote.is_multi_host(project):
         return project.repo_path, project.base_branch, card.branch
     run = card.current_run
     ended = run.ended_at.timestamp() if run is not None and run.ended_at else None
     repo = shared_remote.web_clone(project, changed_at=ended)
+    if card.branch and clones.remote_tip(repo, card.branch) is None:
+        raise worktrees.BranchNotFound(
+            f"Nothing of {card.branch} is on the shared remote yet: a run pushes the card's branch when it ends."
+        )
     return repo, clones.tracking_ref(project.base_branch), clones.tracking_ref(card.branch) if card.branch else ""
 
 

@@ -844,3 +844,16 @@ def test_saving_other_settings_does_not_check_an_unchanged_remote_again(project,
     assert form.is_valid(), form.errors
     form = ProjectSettingsForm({**data, "remote_url": str(tmp_path / "other.git")}, instance=project)
     assert not form.is_valid() and "git cannot read the remote" in form.errors["remote_url"][0]
+
+
+@pytest.mark.django_db
+def test_the_web_says_so_while_a_card_s_branch_is_not_pushed_yet(shared_card, node):
+    from board import review
+
+    node("web")
+    shared_card.branch = f"agent/{shared_card.pk}-shared-work"  # its first run has named it, not pushed it
+    shared_card.save()
+    page = review.diff_page(shared_card, review.DiffQuery())
+    assert page.note == (f"Nothing of {shared_card.branch} is on the shared remote yet: "
+                         "a run pushes the card's branch when it ends.")
+    assert review.checkpoints(shared_card) == []
