@@ -13,10 +13,10 @@ The clone's remote is always named ``origin``; a card's pushed branch ``b`` is r
 A run's push never rewrites a branch: it is a plain fast-forward push, so a push the remote
 rejects means another node pushed commits this one does not have, and it fails the run rather
 than overwrite them (a landing only adds commits to the base, pushed the same way). The one
-rewrite is the lead's roll-back (:func:`roll_back_remote`), forced with a lease on the tip last
-fetched; a node that last had the card before a roll-back, or before another node went on with
-it, moves its branch to the remote's and keeps its own tip as a ref (:func:`sync_branch` with
-``remote_is_truth``). Rebasing a card refuses in multi-host mode.
+rewrites are the lead's roll-back and rebase (:func:`roll_back_remote`, :func:`rebase_on_remote`),
+forced with a lease on the tip last fetched; a node that last had the card before one of them, or
+before another node went on with it, moves its branch to the remote's and keeps its own tip as a
+ref (:func:`sync_branch` with ``remote_is_truth``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ __all__ = [
     "delete_remote_branch",
     "push_from",
     "roll_back_remote",
+    "rebase_on_remote",
 ]
 
 REMOTE = "origin"
@@ -396,3 +397,37 @@ def roll_back_remote(path: str, branch: str, base_commit: str, target: str, keep
         )
     _git(repo, "update-ref", tracking_ref(branch), sha, doing="record the rolled-back branch")
     return sha, tip
+
+
+def rebase_on_remote(path: str, base_branch: str, branch: str, identity, work_root: str) -> tuple[str, str]:
+    """Rebase the remote's ``branch`` onto the remote's ``base_branch`` (as last fetched into the
+    clone ``path``), in a temporary worktree under ``work_root`` that is removed afterwards, then
+    push it forced with a lease on the tip fetched (refused if a run pushed meanwhile). Returns
+    ``(the base's sha, the branch's new tip)``. Raises landing_git.MergeConflict (nothing
+    changed), BranchNotFound, PushRejected and GitError."""
+    import tempfile
+
+    from agents import landing_git, worktrees
+
+    with _landing_refs(path, base_branch, branch) as (repo, private, base_sha):
+        tip = remote_tip(repo, branch)
+        os.makedirs(work_root, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix=".rebase-", dir=work_root)
+        try:
+            worktrees.ensure_worktree(repo, tracking_ref(base_branch), private, folder)
+            new = landing_git.rebase_onto_base(folder, tracking_ref(base_branch), identity)
+        finally:
+            worktrees.remove_worktree(repo, folder)
+            if os.path.isdir(folder):
+                os.rmdir(folder)
+        if new == tip:
+            return base_sha, new
+        moved = _git(repo, "push", "--quiet", "--porcelain", f"--force-with-lease=refs/heads/{branch}:{tip}", REMOTE,
+                     f"{new}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
+        if moved.status != 0:
+            raise PushRejected(
+                f"Could not push the rebased {branch} to the shared remote (did a run push to it meanwhile? nothing "
+                f"changed there; try again): {_tail(moved.err or moved.out, 1500)}"
+            )
+        _git(repo, "update-ref", tracking_ref(branch), new, doing="record the rebased branch")
+        return base_sha, new

@@ -131,6 +131,29 @@ def _land_on_shared_remote(card: Card, mode: str) -> str:
     return f"{note} The branch {card.branch} was deleted on the shared remote."
 
 
+def _rebase_on_shared_remote(card: Card) -> str:
+    """Rebase a card of a project with a shared remote: its pushed branch, onto the remote's
+    base, in this node's clone (clones.rebase_on_remote: pushed forced with a lease). No node's
+    worktree is up to date then, so whichever runs the card next moves to the rebased branch
+    (keeping its own tip as a ref). Raises as rebase_card."""
+    project = card.project
+    with _project_lock(card):
+        repo = shared_remote.fresh_clone(project)
+        try:
+            base, head = clones.rebase_on_remote(repo, project.base_branch, card.branch, _identity(),
+                                                 str(settings.WORKTREES_DIR / str(project.pk)))
+        except landing_git.MergeConflict as exc:
+            card.record_conflicts(exc.base, exc.files)
+            raise
+        Card.objects.filter(pk=card.pk).update(worktree_host="")
+        run = card.current_run
+        if run is not None:
+            commits = [c.sha for c in clones.pushed_commits(repo, base, card.branch)]
+            Run.objects.filter(pk=run.pk).update(base_commit=base, commits=commits)
+        card.record_conflicts(base, [])
+    return f"Rebased {card.branch} onto {project.base_branch} ({base[:10]}) on the shared remote; it is at {head[:10]} now."
+
+
 def _clean_up(card: Card, rebased_tip: str | None = None) -> str:
     """After a landing: the worktree goes (what it held uncommitted is committed on the branch
     first, as when a card is deleted), and the branch goes too when the project says so, unless
@@ -196,8 +219,9 @@ def rebase_card(card: Card) -> str:
     conflicting files are stored on the card. Returns a sentence. Raises BoardError (running,
     landed, no branch or worktree) and GitError (MergeConflict with ``files``)."""
     card = _fresh(card)
-    _refuse_shared_remote(card, "Rebasing")
     card.check_branch_idle("rebase")
+    if shared_remote.is_multi_host(card.project):
+        return _rebase_on_shared_remote(card)
     if not (card.worktree_path and os.path.isdir(card.worktree_path)):
         raise BoardError("This card has no worktree to rebase in.")
     project = card.project

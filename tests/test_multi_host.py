@@ -264,16 +264,40 @@ def test_a_remote_that_is_gone_fails_the_run_before_the_agent_starts(shared_card
 
 
 @pytest.mark.django_db
-def test_rebasing_refuses_clearly_with_a_shared_remote(shared_card, project, node):
+def test_the_web_rebases_a_pushed_card_on_the_remote_s_base_and_the_next_run_goes_on_from_it(
+    shared_card, remote, node, tmp_path
+):
     from agents import landing, runner
-    from board.models import BoardError
+    from board.models import RunState
 
+    card = shared_card
     node("node-a")
-    run = shared_card.start()
-    runner.execute(run.pk)
-    shared_card.refresh_from_db()
-    with pytest.raises(BoardError, match="Rebasing is not available yet for projects whose cards work from a shared remote"):
-        landing.rebase_card(shared_card)
+    first = card.start()
+    runner.execute(first.pk)
+    card.refresh_from_db()
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(remote), str(other))
+    commit_in(other, "other.txt", "on main since\n")
+    git(other, "push", "-q", "origin", "main")
+    main = git(remote, "rev-parse", "main").strip()
+
+    node("web")
+    note = landing.rebase_card(card)
+    card.refresh_from_db()
+    tip = git(remote, "rev-parse", card.branch).strip()
+    assert note == f"Rebased {card.branch} onto main ({main[:10]}) on the shared remote; it is at {tip[:10]} now."
+    assert git(remote, "rev-parse", f"{card.branch}~1").strip() == main
+    assert card.worktree_host == "" and card.current_run.base_commit == main
+    assert card.current_run.commits == [tip]
+
+    node("node-a")  # its worktree has the branch before the rebase: it moves to the rebased one
+    second = card.follow_up("Go on")
+    runner.execute(second.pk)
+    second.refresh_from_db()
+    assert second.state == RunState.SUCCEEDED, second.error
+    assert git(remote, "show", f"{card.branch}:other.txt") == "on main since\n"
+    assert len(git(remote, "show", f"{card.branch}:work.txt").splitlines()) == 2
+    assert git(remote, "rev-list", "--count", f"main..{card.branch}").strip() == "2"
 
 
 @pytest.mark.django_db
