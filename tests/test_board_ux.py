@@ -330,3 +330,36 @@ def test_the_cards_a_board_waits_for_are_read_in_one_query_and_in_the_cards_orde
         waits = {card.title: [dep.title for dep in card.waiting_for] for card in cards}
     assert len(queries) == 1
     assert waits["Waiting"] == ["Second", "First"] and waits["Alone"] == [] and waits["First"] == []
+
+
+def test_a_queued_card_kept_rendered_shows_its_new_place_when_the_line_moves(client, project, make_card):
+    first, second = make_card(title="Queued first"), make_card(title="Queued second")
+    runs = []
+    for card in (first, second):
+        run = Run.objects.create(card=card, agent=card.agent, state=RunState.QUEUED, queued_at=timezone.now())
+        Card.objects.filter(pk=card.pk).update(current_run=run, column=Column.IN_PROGRESS)
+        runs.append(run)
+    url = f"/projects/{project.pk}/"
+
+    def place(page: str, card) -> str:
+        html = page[page.index(f'id="card-{card.pk}"'):]
+        return html[html.index('class="queue-place'):html.index("</div>", html.index('class="queue-place'))]
+
+    page = client.get(url).content.decode()
+    assert "2nd in line" in place(page, second)
+    Run.objects.filter(pk=runs[0].pk).update(state=RunState.RUNNING, started_at=timezone.now())
+    assert "1st in line" in place(client.get(url).content.decode(), second)
+
+
+def test_a_kept_card_waiting_for_the_lead_carries_no_empty_token_when_pushed(client, project, make_card):
+    from board.consumers import BoardConsumer
+
+    card = make_card(title="Asks")
+    run = Run.objects.create(card=card, agent=card.agent, state=RunState.AWAITING_APPROVAL, started_at=timezone.now(),
+                             pending={"kind": "question", "detail": "Which one?"})
+    Card.objects.filter(pk=card.pk).update(current_run=run, column=Column.IN_PROGRESS)
+    page = client.get(f"/projects/{project.pk}/").content.decode()
+    assert 'name="csrfmiddlewaretoken" value=""' not in page and "csrf0token0slot" not in page
+    holder = type("Consumer", (), {"project_id": project.pk})()
+    pushed = BoardConsumer.__dict__["_render_card"].func(holder, card.pk)
+    assert "Which one?" in pushed and "csrfmiddlewaretoken" not in pushed  # board.js adds the page's own

@@ -88,11 +88,11 @@ def _values(obj) -> tuple:
 
 def card_fingerprint(context) -> str | None:
     """What the card partial's output depends on, as a string: every loaded field of the card, its
-    current run, its agent and the cards it depends on, the run's place in the queue and the
-    oob flag. None when the output must not be kept: a card without its run, agent or
-    dependencies read in advance (a push, which renders a card that changed anyway), a card
-    with an error, a queued card (its place reads the project) and one waiting for the lead (its
-    forms hold this request's CSRF token)."""
+    current run, its agent and the cards it depends on, the oob flag, a queued run's place in
+    line (and its project's limit, shown for a held run) and, for a run waiting for the lead,
+    whether its forms carry a CSRF token (CachedCardNode puts each request's own in). None when
+    the output must not be kept: a card without its run, agent or dependencies read in advance
+    (a push, which renders a card that changed anyway) and a card with an error."""
     card = context.get("card")
     if card is None or context.get("error"):
         return None
@@ -103,13 +103,28 @@ def card_fingerprint(context) -> str | None:
     if "current_run" not in cached or "agent" not in cached or deps is None:
         return None
     run = cached["current_run"]
-    if run is not None and run.state in ("queued", "awaiting_approval"):
-        return None
+    extra = None
+    if run is not None and run.state == "queued":
+        place = (context.get("queue") or {}).get(run.pk)
+        extra = (place, place is not None and place.held and card.project.max_parallel)
+    elif run is not None and run.state == "awaiting_approval":
+        extra = _request_token(context) != ""
     agent = cached["agent"]
     return repr((
         bool(context.get("oob")), _values(card), run and _values(run), agent and _values(agent),
-        [_values(dep) for dep in deps],
+        [_values(dep) for dep in deps], extra,
     ))
+
+
+# Stands in a kept card's forms for the CSRF token of the request that renders it.
+_TOKEN_SLOT = "csrf0token0slot0for0a0kept0card"
+
+
+def _request_token(context) -> str:
+    """The CSRF token ``{% csrf_token %}`` would put in a form here, or "" (a push, which has no
+    request)."""
+    token = context.get("csrf_token")
+    return "" if not token or token == "NOTPROVIDED" else str(token)
 
 
 # The template's indentation and the blank lines its {% if %}s leave between tags: a tenth of a
@@ -138,13 +153,17 @@ class CachedCardNode(template.Node):
             html = _card_cache.get(key)
             if html is not None:
                 _card_cache.move_to_end(key)
-                return html
-        html = _squeeze(self.nodelist.render(context))
-        with _card_cache_lock:
-            _card_cache[key] = html
-            while len(_card_cache) > CARD_CACHE_SIZE:
-                _card_cache.popitem(last=False)
-        return html
+        if html is None:
+            if _request_token(context):  # kept without this request's token (a push has none)
+                with context.push(csrf_token=_TOKEN_SLOT):
+                    html = _squeeze(self.nodelist.render(context))
+            else:
+                html = _squeeze(self.nodelist.render(context))
+            with _card_cache_lock:
+                _card_cache[key] = html
+                while len(_card_cache) > CARD_CACHE_SIZE:
+                    _card_cache.popitem(last=False)
+        return html.replace(_TOKEN_SLOT, _request_token(context)) if _TOKEN_SLOT in html else html
 
 
 @register.tag
