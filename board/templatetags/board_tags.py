@@ -75,7 +75,9 @@ def card_url(object_id, name: str) -> str:
 # --- The board's card fragments, kept per process --------------------------------------------
 
 CARD_CACHE_SIZE = 5000  # rendered cards kept (about 1 KB each)
-_card_cache: OrderedDict[str, str] = OrderedDict()
+# (card id, oob) -> (the card_fingerprint it was rendered with, its HTML): compared with == rather
+# than looked up by its repr(), which was a sixth of a 1,000-card board's render.
+_card_cache: OrderedDict[tuple, tuple[tuple, str]] = OrderedDict()
 _card_cache_lock = threading.Lock()
 
 
@@ -86,10 +88,10 @@ def _values(obj) -> tuple:
     return tuple(value for name, value in obj.__dict__.items() if not name.startswith("_") and name != skip)
 
 
-def card_fingerprint(context) -> str | None:
-    """What the card partial's output depends on, as a string: every loaded field of the card, its
-    current run, its agent and the cards it depends on, the oob flag, a queued run's place in
-    line (and its project's limit, shown for a held run) and, for a run waiting for the lead,
+def card_fingerprint(context) -> tuple | None:
+    """What the card partial's output depends on, as a tuple (the oob flag first): every loaded
+    field of the card, its current run, its agent and the cards it depends on, a queued run's
+    place in line (and its project's limit, shown for a held run) and, for a run waiting for the lead,
     whether its forms carry a CSRF token (CachedCardNode puts each request's own in). None when
     the output must not be kept: a card without its run, agent or dependencies read in advance
     (a push, which renders a card that changed anyway) and a card with an error."""
@@ -110,10 +112,10 @@ def card_fingerprint(context) -> str | None:
     elif run is not None and run.state == "awaiting_approval":
         extra = _request_token(context) != ""
     agent = cached["agent"]
-    return repr((
+    return (
         bool(context.get("oob")), _values(card), run and _values(run), agent and _values(agent),
         [_values(dep) for dep in deps], extra,
-    ))
+    )
 
 
 # Stands in a kept card's forms for the CSRF token of the request that renders it.
@@ -146,12 +148,14 @@ class CachedCardNode(template.Node):
         self.nodelist = nodelist
 
     def render(self, context):
-        key = card_fingerprint(context)
-        if key is None:
+        fingerprint = card_fingerprint(context)
+        if fingerprint is None:
             return _squeeze(self.nodelist.render(context))
+        key, html = (context["card"].pk, fingerprint[0]), None
         with _card_cache_lock:
-            html = _card_cache.get(key)
-            if html is not None:
+            kept = _card_cache.get(key)
+            if kept is not None and kept[0] == fingerprint:
+                html = kept[1]
                 _card_cache.move_to_end(key)
         if html is None:
             if _request_token(context):  # kept without this request's token (a push has none)
@@ -160,7 +164,8 @@ class CachedCardNode(template.Node):
             else:
                 html = _squeeze(self.nodelist.render(context))
             with _card_cache_lock:
-                _card_cache[key] = html
+                _card_cache[key] = (fingerprint, html)
+                _card_cache.move_to_end(key)
                 while len(_card_cache) > CARD_CACHE_SIZE:
                     _card_cache.popitem(last=False)
         return html.replace(_TOKEN_SLOT, _request_token(context)) if _TOKEN_SLOT in html else html
