@@ -76,7 +76,7 @@ def card_url(object_id, name: str) -> str:
 
 CARD_CACHE_SIZE = 5000  # rendered cards kept (about 1 KB each)
 # (card id, oob) -> (the card_fingerprint it was rendered with, its HTML): compared with == rather
-# than looked up by its repr(), which was a sixth of a 1,000-card board's render.
+# than looked up by its repr(), which was a tenth of a 1,000-card board's render.
 _card_cache: OrderedDict[tuple, tuple[tuple, str]] = OrderedDict()
 _card_cache_lock = threading.Lock()
 
