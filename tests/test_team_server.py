@@ -276,6 +276,8 @@ def test_on_postgresql_and_redis_a_worker_process_runs_a_card_the_board_follows_
         page.wait_for(r"wrote TEAM_NOTES\.md", LIVE)
         final = board.wait_for(rf'afterbegin:#list-review">\s*<article id="card-{card}"[^>]*data-state="succeeded"', LIVE)
         assert final, team.logs()
+    except AssertionError as exc:  # what the processes said is the first thing to read
+        raise AssertionError(f"{exc}\n{team.logs()}") from None
     finally:
         board.close()
         page.close()
