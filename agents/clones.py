@@ -388,15 +388,20 @@ def roll_back_remote(path: str, branch: str, base_commit: str, target: str, keep
         raise PushRejected(f"Could not keep {tip[:12]} as {keep_ref} on the shared remote, so nothing was rolled "
                            f"back: {_tail(kept.err or kept.out, 1500)}")
     _git(repo, "update-ref", keep_ref, tip, doing=f"keep {tip[:12]} as {keep_ref}")
-    moved = _git(repo, "push", "--quiet", "--porcelain", f"--force-with-lease=refs/heads/{branch}:{tip}", REMOTE,
-                 f"{sha}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
-    if moved.status != 0:
-        raise PushRejected(
-            f"Could not roll {branch} back on the shared remote (did a run push to it meanwhile? nothing was rolled "
-            f"back; try again): {_tail(moved.err or moved.out, 1500)}"
-        )
+    _push_with_lease(repo, branch, tip, sha, f"Could not roll {branch} back on the shared remote (did a run push "
+                     "to it meanwhile? nothing was rolled back; try again)")
     _git(repo, "update-ref", tracking_ref(branch), sha, doing="record the rolled-back branch")
     return sha, tip
+
+
+def _push_with_lease(repo: str, branch: str, tip: str, new: str, refused: str) -> None:
+    """Move ``branch`` on the shared remote from ``tip`` (as last fetched) to ``new``, forced but
+    only with a lease on ``tip`` (git push --force-with-lease), so a run's push made meanwhile is
+    never overwritten. Raises PushRejected with ``refused`` and git's words otherwise."""
+    moved = _git(repo, "push", "--quiet", "--porcelain", f"--force-with-lease=refs/heads/{branch}:{tip}", REMOTE,
+                 f"{new}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
+    if moved.status != 0:
+        raise PushRejected(f"{refused}: {_tail(moved.err or moved.out, 1500)}")
 
 
 def rebase_on_remote(path: str, base_branch: str, branch: str, identity, work_root: str) -> tuple[str, str]:
@@ -422,12 +427,7 @@ def rebase_on_remote(path: str, base_branch: str, branch: str, identity, work_ro
                 os.rmdir(folder)
         if new == tip:
             return base_sha, new
-        moved = _git(repo, "push", "--quiet", "--porcelain", f"--force-with-lease=refs/heads/{branch}:{tip}", REMOTE,
-                     f"{new}:refs/heads/{branch}", check=False, timeout=NETWORK_TIMEOUT)
-        if moved.status != 0:
-            raise PushRejected(
-                f"Could not push the rebased {branch} to the shared remote (did a run push to it meanwhile? nothing "
-                f"changed there; try again): {_tail(moved.err or moved.out, 1500)}"
-            )
+        _push_with_lease(repo, branch, tip, new, f"Could not push the rebased {branch} to the shared remote (did a "
+                         "run push to it meanwhile? nothing changed there; try again)")
         _git(repo, "update-ref", tracking_ref(branch), new, doing="record the rebased branch")
         return base_sha, new
