@@ -120,8 +120,10 @@ class Command(BaseCommand):
         # (hours); handing queued runs out again is safe, since a run is claimed once. Runs held
         # for a project's parallel limit go only as far as the project has free slots.
         Run.objects.hand_out_queued()
-        # BOARD_HOST too: the web server's settings then require a login off loopback (BOARD_LOGIN_REQUIRED).
-        env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1", "BOARD_HOST": host}
+        # BOARD_HOST too: the web server's settings then require a login off loopback (BOARD_LOGIN_REQUIRED);
+        # and BOARD_PORT, so the workers' webhook links (BOARD_PUBLIC_URL's default) name the real port.
+        env = {**os.environ, "BOARD_WORKERS": str(workers), "PYTHONUNBUFFERED": "1", "BOARD_HOST": host,
+               "BOARD_PORT": str(port)}
         base = str(settings.BASE_DIR)
         # Own sessions: a Ctrl-C in the terminal reaches only this process, which then stops the
         # children in order instead of all of them racing.
