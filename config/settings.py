@@ -143,13 +143,23 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
 # BOARD_REDIS_PREFIX keeps boards that share one Redis apart.
 REDIS_URL = env.str("REDIS_URL", default="")
 BOARD_REDIS_PREFIX = env.str("BOARD_REDIS_PREFIX", default="board")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{BOARD_REDIS_PREFIX}:asgi", "capacity": 2000},
-        }
+
+
+def redis_channel_layer(url: str, prefix: str) -> dict:
+    """CHANNEL_LAYERS["default"] on the Redis at ``url``, keys under ``<prefix>:asgi``.
+
+    channels_redis waits for a websocket's next message with BZPOPMIN for up to 5 s
+    (RedisChannelLayer.brpop_timeout), and redis-py 8 gives up reading a socket after 5 s by default
+    (redis/_defaults.py DEFAULT_SOCKET_TIMEOUT): the two raced, so an idle socket was closed with
+    1011 every few seconds. Reads may take 30 s here; a Redis that died is still noticed."""
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}], "prefix": f"{prefix}:asgi", "capacity": 2000},
     }
+
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL, BOARD_REDIS_PREFIX)}
 
 BOARD_HOST = env.str("BOARD_HOST", default="127.0.0.1")
 BOARD_PORT = env.int("BOARD_PORT", default=8300)

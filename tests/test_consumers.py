@@ -19,6 +19,7 @@ from board.consumers import CARD_PUSH_GAP, RESUME_WAIT
 from board.models import Run
 from board.relay import LIVE_PUSH_CHARS
 from config.asgi import application
+from config.settings import redis_channel_layer
 from tests.conftest import shared_database_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -296,9 +297,7 @@ def redis_mode(settings):
     never skips, when Redis is not there."""
     url = os.environ.get("BOARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"test-{os.getpid()}-{time.monotonic_ns()}"
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url], "prefix": f"{prefix}:asgi"}}
-    }
+    settings.CHANNEL_LAYERS = {"default": redis_channel_layer(url, prefix)}
     channel_layers.backends.clear()
     yield {"REDIS_URL": url, "BOARD_REDIS_PREFIX": prefix}
     channel_layers.backends.clear()
@@ -329,3 +328,16 @@ async def test_in_redis_mode_a_worker_publishes_its_events_and_no_relay_polls(ma
         "no relay runs in Redis mode"
     await board.disconnect()
     await page.disconnect()
+
+
+async def test_in_redis_mode_a_board_left_idle_past_redis_read_timeouts_stays_connected(project, redis_mode):
+    # channels_redis blocks 5 s waiting for a message and redis-py 8 stopped reading after 5 s:
+    # an idle board was closed with 1011 every few seconds (config.settings.redis_channel_layer).
+    board = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/", headers=HEADERS)
+    assert (await board.connect())[0]
+    await board.receive_from(timeout=5)  # the columns, after the resume wait
+    await asyncio.sleep(12)  # two of channels_redis's 5 s waits, idle
+    assert await board.receive_nothing(timeout=0.5), "an idle board got a message"
+    await board.send_to(text_data="{}")  # a live consumer ignores it; a dead one fails the send
+    assert await board.receive_nothing(timeout=0.5)
+    await board.disconnect()
