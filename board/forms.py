@@ -26,6 +26,23 @@ def printable(text: str) -> str:
     return " ".join("".join(ch if ch.isprintable() or ch.isspace() else "" for ch in text).split())
 
 
+BIGINT_MAX = 2**63 - 1  # the largest id a database keeps (SQLite INTEGER, PostgreSQL bigint)
+
+
+class IdsField(forms.ModelMultipleChoiceField):
+    """ModelMultipleChoiceField that refuses, as ``invalid_pk_value``, an id no database can hold
+    (such as 99999999999999999999999) before querying: Django only catches ValueError and
+    TypeError there, and SQLite raised OverflowError, a 500."""
+
+    def _check_values(self, value):
+        for pk in value:
+            text = str(pk).strip()
+            if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= BIGINT_MAX:
+                raise forms.ValidationError(self.error_messages["invalid_pk_value"], code="invalid_pk_value",
+                                            params={"pk": text[:40]})
+        return super()._check_values(value)
+
+
 class ProjectForm(forms.ModelForm):
     """Add a project: a local git repository and its base branch (default: the branch checked out
     there). Refuses a path that is not a repository and a branch that does not exist."""
@@ -350,7 +367,7 @@ class CardSettingsForm(ModelFieldsMixin, forms.ModelForm):
     """A card's own settings, each overriding the project's when set; and the cards it waits for
     (Card.set_dependencies, which refuses a cycle or another project's card)."""
 
-    waits_for = forms.ModelMultipleChoiceField(
+    waits_for = IdsField(
         queryset=Card.objects.none(), required=False, label="Waits for",
         help_text="Cards of this project that must land (or be marked done) before this one starts.",
         error_messages={"invalid_choice": "Card %(value)s is not a card of this project.",
@@ -563,7 +580,7 @@ class CardForm(forms.Form):
     mode = forms.ChoiceField(choices=Mode.choices, initial=Mode.ACT, required=False,
                              help_text="Plan first: the built-in agent only reads, and you approve its plan.")
     labels = forms.CharField(required=False, max_length=400, help_text="Comma-separated, such as bug, frontend.")
-    waits_for = forms.ModelMultipleChoiceField(
+    waits_for = IdsField(
         queryset=Card.objects.none(), required=False, label="Waits for", widget=WaitsForWidget(attrs={"size": 4}),
         help_text="Cards of this project that must land (or be marked done) before this one starts.",
         error_messages={"invalid_choice": "Card %(value)s is not a card of this project that is still to land.",
@@ -606,7 +623,7 @@ class VariantsForm(forms.Form):
 
     MAX_MODELS = 8  # model strings at most (Card.MAX_VARIANTS caps the cards in all)
 
-    agents = forms.ModelMultipleChoiceField(
+    agents = IdsField(
         queryset=Agent.objects.filter(enabled=True), widget=forms.CheckboxSelectMultiple, required=False,
         error_messages={"invalid_choice": "Choose enabled agents only; %(value)s is not one (see the Agents page).",
                         "invalid_pk_value": "'%(pk)s' is not an agent id."},

@@ -216,3 +216,21 @@ def test_a_relative_project_path_is_refused_on_the_form(client):
     response = client.post("/projects/", {"repo_path": "src/shop"})
     assert response.status_code == 422
     assert "full path" in response.content.decode()
+
+
+@pytest.mark.parametrize("field", ["waits_for", "agents"])
+def test_an_id_too_big_for_any_database_is_refused_with_a_message_not_a_500(client, make_card, project, field):
+    # SQLite raised OverflowError on such an id inside Django's own choice check (found by a trial).
+    card = make_card()
+    huge = "99999999999999999999999"
+    if field == "waits_for":
+        answers = [
+            client.post(f"/projects/{project.pk}/cards/", {"title": "t", "agent": "built-in", "mode": "act", field: huge}),
+            client.post(f"/cards/{card.pk}/settings", {field: huge}),
+        ]
+    else:
+        answers = [client.post(f"/cards/{card.pk}/start-variants", {field: [huge, "1"], "models": ""})]
+    for response in answers:
+        assert response.status_code == 422, response.status_code
+        assert "is not a" in response.content.decode()
+    assert project.cards.count() == 1
