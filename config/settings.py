@@ -170,9 +170,19 @@ BOARD_WORKERS = env.int("BOARD_WORKERS", default=4)
 BOARD_NODE_NAME = env.str("BOARD_NODE_NAME", default="") or socket.gethostname()
 # The board's address as people outside reach it, for links in webhooks (board/webhooks.py), such
 # as https://board.example.com; default: http://BOARD_HOST:BOARD_PORT.
-BOARD_PUBLIC_URL = env.str("BOARD_PUBLIC_URL", default="") or (
-    f"http://{'[' + BOARD_HOST + ']' if ':' in BOARD_HOST else BOARD_HOST}:{BOARD_PORT}"
-)
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _public_host() -> str:
+    """The host of BOARD_PUBLIC_URL's default: BOARD_HOST, or for a wildcard bind (0.0.0.0, ::),
+    which no browser can open, the first name people use from DJANGO_ALLOWED_HOSTS, else loopback."""
+    if BOARD_HOST not in ("0.0.0.0", "::", ""):
+        return f"[{BOARD_HOST}]" if ":" in BOARD_HOST else BOARD_HOST
+    names = [h for h in ALLOWED_HOSTS if h not in _LOOPBACK and h != "*" and not h.startswith(".")]
+    return names[0] if names else "127.0.0.1"
+
+
+BOARD_PUBLIC_URL = env.str("BOARD_PUBLIC_URL", default="") or f"http://{_public_host()}:{BOARD_PORT}"
 BOARD_WEBHOOK_TIMEOUT = env.float("BOARD_WEBHOOK_TIMEOUT", default=5.0)  # seconds a receiver has to answer
 # The longest a run may take, in seconds; a command agent is killed after it.
 BOARD_RUN_TIMEOUT = env.int("BOARD_RUN_TIMEOUT", default=2 * 60 * 60)
@@ -235,12 +245,14 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         # litellm logs whole tracebacks for provider errors the card already explains.
         "LiteLLM": {"level": "CRITICAL"},
+        # A request for a host name not in DJANGO_ALLOWED_HOSTS gets its 400; its traceback in the
+        # terminal only let anyone on the network fill it (Django docs, "Error reporting").
+        "django.security.DisallowedHost": {"handlers": [], "propagate": False},
     },
 }
 
 # Team-server mode (issue 8). Bound to loopback, the board is one local user's and needs no login;
 # bound to any other address it must know who is who (README, "Sharing it").
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 BOARD_LOGIN_REQUIRED = env.bool("BOARD_LOGIN_REQUIRED", default=BOARD_HOST not in _LOOPBACK)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

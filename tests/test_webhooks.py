@@ -307,3 +307,29 @@ def test_the_project_command_adds_lists_and_removes_webhooks(project, capsys):
     assert not Webhook.objects.exists()
     with pytest.raises(CommandError, match="No webhook"):
         call_command("project", "webhook", "remove", str(hook.pk))
+
+
+def _public_url(**env) -> str:
+    """BOARD_PUBLIC_URL as settings work it out in a fresh process with ``env``."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from django.conf import settings as django_settings
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("BOARD_", "DJANGO_"))}
+    environment.update(env, BOARD_DATA_DIR=tempfile.mkdtemp(), DJANGO_SETTINGS_MODULE="config.settings")
+    out = subprocess.run([sys.executable, "-c", "from django.conf import settings; print(settings.BOARD_PUBLIC_URL)"],
+                         cwd=django_settings.BASE_DIR, env=environment, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_webhook_links_default_to_an_address_people_can_open():
+    assert _public_url(BOARD_PORT="8412") == "http://127.0.0.1:8412"
+    # A wildcard bind is no address: the first name people use, from DJANGO_ALLOWED_HOSTS.
+    assert _public_url(BOARD_HOST="0.0.0.0", BOARD_PORT="8412",
+                       DJANGO_ALLOWED_HOSTS="127.0.0.1,board.intranet") == "http://board.intranet:8412"
+    assert _public_url(BOARD_HOST="0.0.0.0", BOARD_PORT="8412") == "http://127.0.0.1:8412"
+    assert _public_url(BOARD_PUBLIC_URL="https://board.example.com") == "https://board.example.com"

@@ -153,7 +153,9 @@ class Command(BaseCommand):
             elif not self._wait_for_port(host, port):
                 raise CommandError(f"The web server did not start on {host}:{port} (is the port in use?).")
             else:
-                shown = f"[{host}]" if ":" in host else host
+                # 0.0.0.0 is no address to open: this machine reaches a wildcard bind on loopback,
+                # which DJANGO_ALLOWED_HOSTS always admits.
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
                 self.stdout.write(
                     f"Board running at http://{shown}:{port}/ with {workers} worker(s); data in {settings.DATA_DIR}. "
                     "Press Ctrl-C to stop."
