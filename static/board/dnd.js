@@ -33,8 +33,14 @@
     // source's document, which a detached card no longer has.
     // Only the card's new neighbours go to the server, not the column's whole order.
     var at = ids.indexOf(String(id));
+    var source = document.getElementById("dnd-status") || document.body, refused = "";
+    // A refusal htmx does not swap (403 for a role too low) still has its reason said aloud.
+    source.addEventListener("htmx:afterRequest", function (evt) {
+      var xhr = evt.detail.xhr;
+      if (xhr && xhr.status >= 400) refused = (xhr.responseText || "").replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim().slice(0, 300) || "Refused.";
+    }, {once: true});
     return htmx.ajax("POST", url, {
-      source: document.getElementById("dnd-status") || document.body,
+      source: source,
       swap: "none",
       values: {column: to.dataset.column, before: at > 0 ? ids[at - 1] : "", after: ids[at + 1] || ""},
     }).then(function () {
@@ -44,6 +50,7 @@
       var where = card && card.closest(".column");
       var heading = where && where.querySelector("h2");
       announce(error ? error.textContent
+        : refused ? "Card #" + id + " stays where it was: " + refused
         : "Card #" + id + " moved" + (heading ? " to " + heading.textContent + ", place " + (placeOf(card) + 1) : "") + ".");
       return card;
     });

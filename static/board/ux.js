@@ -116,8 +116,8 @@
     if (e.key === "Escape") {
       var help = document.getElementById("keys-help");
       if (help && help.open) { help.close(); e.preventDefault(); return; }
-      if (typing(e.target)) {  // other fields keep their own Esc (review.js closes a comment form)
-        if (e.target.id === "board-search") e.target.blur();
+      if (typing(e.target)) {  // leave the field; review.js also closes a comment form on Esc
+        e.target.blur();
         return;
       }
       selectCard(null);

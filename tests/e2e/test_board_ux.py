@@ -24,6 +24,9 @@ def add_card_by_keys(page, title: str, agent: str, labels: str) -> None:
     expect(title_field).to_be_focused()
     title_field.type(title)  # holds n, s and / : none may act as a key here
     expect(title_field).to_have_value(title)
+    title_field.press("Escape")  # leaves the field, keeping what was typed
+    expect(title_field).not_to_be_focused()
+    expect(title_field).to_have_value(title)
     page.locator("#card-form [name=labels]").fill(labels)
     page.locator("#card-form [name=agent]").select_option(agent)
     page.locator("#card-form").get_by_role("button", name="Add card").click()

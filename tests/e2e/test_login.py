@@ -92,6 +92,11 @@ def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board_and_a_member
     page.locator("body").press("s")
     expect(page.locator("ul.messages .refused")).to_have_text("This needs the member role in this project; you are a viewer.")
     expect(card).to_have_attribute("data-state", "idle")
+    # A move by keys is refused as well, and what is said aloud is the refusal, not a move.
+    card.locator(".card-meta").click()
+    page.locator("body").press("Alt+ArrowRight")
+    expect(page.locator("#dnd-status")).to_contain_text("stays where it was: This needs the member role")
+    expect(page.locator("#list-backlog article.card", has_text="Read me, do not start me")).to_be_visible()
     page.screenshot(path=str(output_dir / "board-as-viewer.png"), full_page=True)
 
     page.get_by_role("button", name="Log out").click()
