@@ -67,6 +67,8 @@ def forbidden(request, exc):
 
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# In a JSON body an id is a JSON number: pydantic's lax mode read true as 1 and "7" as 7.
+BodyId = Annotated[int, Field(ge=1, le=MAX_ID, strict=True)]
 
 
 # --- Shapes -------------------------------------------------------------------------------------
@@ -144,15 +146,15 @@ class LogOut(Schema):
 
 class CardIn(Schema):
     # Strings: pydantic itself refuses lone surrogates ("\ud800"), which no database stores (422).
-    project: Id
+    project: BodyId
     title: str = Field(max_length=300)
     prompt: str = Field("", max_length=100_000)
-    agent: Annotated[str, Field(max_length=100)] | Id | None = Field(
+    agent: Annotated[str, Field(max_length=100)] | BodyId | None = Field(
         None, description="An enabled agent's name or id; default: the project's default agent, else built-in."
     )
     mode: Literal["act", "plan"] = "act"
     labels: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
-    depends_on: list[Id] = Field(default_factory=list, max_length=100, description="Ids of cards it waits for.")
+    depends_on: list[BodyId] = Field(default_factory=list, max_length=100, description="Ids of cards it waits for.")
     start_when_ready: bool = Field(False, description="Start by itself once every card it waits for has landed.")
     start: bool = Field(False, description="Start the card's agent at once.")
 

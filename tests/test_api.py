@@ -243,9 +243,13 @@ def test_the_log_of_an_earlier_run_and_of_a_card_never_run(client, make_card, to
     {"project": 2**80, "title": "t"}, {"project": 1, "title": "\ud800"}, {"project": 1, "title": "t", "labels": "a"},
     {"project": 1, "title": "t", "depends_on": [-1]}, {"project": 1, "title": "t", "mode": "fast"},
     {"project": 1, "title": "t", "start": {"yes": 1}}, {"project": 1, "title": "   "},
+    # Ids are JSON numbers: true was read as project 1, and "1" as 1.
+    {"project": True, "title": "t"}, {"project": "PK", "title": "t"}, {"project": 1, "title": "t", "depends_on": [True]},
 ])
 def test_junk_bodies_are_refused_with_4xx_and_a_detail(client, project, token, body):
-    if isinstance(body, dict) and body.get("project") == 1:
+    if isinstance(body, dict) and body.get("project") == "PK":
+        body = {**body, "project": str(project.pk)}
+    elif isinstance(body, dict) and type(body.get("project")) is int and body["project"] == 1:
         body = {**body, "project": project.pk}
     response = call(client, "post", "/api/cards/", token, body)
     assert response.status_code in (400, 422), response.content
