@@ -270,8 +270,6 @@ def _drawer_answer(request, card_id: int, error: str = "", note: str = "", statu
     return render(request, "board/_drawer.html", context, status=status or (409 if error else 200))
 
 
-
-
 # --- Review: the diff, its pages and views, comments on its lines -----------------------------
 
 
