@@ -38,7 +38,9 @@ LIVE = 60.0  # seconds for a card to reach Review
 # Settings a team server sets itself; the test's own (SQLite) ones must not leak into its processes.
 NOT_INHERITED = ("DATABASE_URL", "REDIS_URL", "BOARD_REDIS_PREFIX", "BOARD_DB_PATH", "BOARD_Q_SYNC", "BOARD_PORT",
                  "BOARD_HOST", "BOARD_WORKERS", "BOARD_DATA_DIR", "DJANGO_SETTINGS_MODULE")
-EDIT_COMMAND = 'printf \'%s\\n\' "$CARD_TITLE" > TEAM_NOTES.md && echo "wrote TEAM_NOTES.md"'
+# It lasts a second after writing: the board folds a card's updates within 0.2 s into one push
+# (consumers.CARD_PUSH_GAP), so a quicker run could go from queued to Review with no "running" push.
+EDIT_COMMAND = 'printf \'%s\\n\' "$CARD_TITLE" > TEAM_NOTES.md && echo "wrote TEAM_NOTES.md" && sleep 1'
 
 
 def redis_url(db: int) -> str:
