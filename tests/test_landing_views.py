@@ -65,6 +65,9 @@ def test_landing_from_the_card_page_moves_the_card_to_done(client, review_card, 
     page = client.get(f"/cards/{review_card.pk}/").content.decode()
     assert f"Landed on main as {review_card.landed_commit[:10]}" in page
     assert "Landed</strong> on <code>main</code>" in page
+    # Not the removed worktree's path, nor "No commits yet" for commits that are on main now.
+    assert "removed when the card landed" in page and "No commits yet" not in page
+    assert f"commits are on <code>main</code> since it landed as <code title=\"{review_card.landed_commit}\">" in page
 
 
 def test_a_refused_landing_answers_409_with_the_reason_in_the_land_panel(client, review_card, project):
