@@ -1,11 +1,9 @@
 // A refusal for a role too low (403, a short text from board.views.permission_denied) is shown
 // where the page's messages go: htmx does not swap error answers, so the button would otherwise
-// seem to do nothing.
+// seem to do nothing. window.boardSays(text) puts any such message there (drawer.js uses it).
 (function () {
   "use strict";
-  document.addEventListener("htmx:responseError", function (e) {
-    var xhr = e.detail.xhr;
-    if (!xhr || xhr.status !== 403) return;
+  function says(text) {
     var list = document.querySelector("ul.messages");
     if (!list) {
       list = document.createElement("ul");
@@ -16,7 +14,13 @@
     }
     var item = document.createElement("li");
     item.className = "msg-error refused";
-    item.textContent = (xhr.responseText || "You may not do this here.").slice(0, 300);
+    item.textContent = String(text).slice(0, 300);
     list.appendChild(item);
+  }
+  window.boardSays = says;
+  document.addEventListener("htmx:responseError", function (e) {
+    var xhr = e.detail.xhr;
+    if (!xhr || xhr.status !== 403) return;
+    says(xhr.responseText || "You may not do this here.");
   });
 })();

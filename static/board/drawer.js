@@ -23,7 +23,14 @@
     if (!target || !/^\d+$/.test(String(cardId))) return;
     opener = document.activeElement;
     setAddress(cardId);
-    htmx.ajax("GET", "/cards/" + cardId + "/drawer", {target: target, swap: "innerHTML"}).then(function () {
+    // A card that is gone (or never was, as in a stale ?card= link) is said, and leaves the address.
+    target.addEventListener("htmx:afterRequest", function (evt) {
+      var xhr = evt.detail.xhr;
+      if (!xhr || xhr.status !== 404) return;
+      setAddress(null);
+      if (window.boardSays) window.boardSays("Card #" + cardId + " was not found: it was deleted, or it is not yours to see.");
+    }, {once: true});
+    htmx.ajax("GET", "/cards/" + cardId + "/drawer", {source: target, target: target, swap: "innerHTML"}).then(function () {
       var tab = target.querySelector('[role="tab"][aria-selected="true"]');
       if (tab) tab.focus();
     });

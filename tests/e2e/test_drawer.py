@@ -74,6 +74,13 @@ def test_a_cards_drawer_follows_its_run_live_and_reopens_after_a_reload(board, p
     page.keyboard.press("Enter")
     expect(drawer).to_be_visible()
 
+    # A stale link to a card that does not exist says so and leaves the address clean.
+    page.goto(f"{board_url}?card=999999")
+    expect(page.locator("ul.messages .refused")).to_have_text(
+        "Card #999999 was not found: it was deleted, or it is not yours to see.")
+    expect(page.locator("#drawer")).to_have_count(0)
+    expect(page).to_have_url(board_url)
+
 
 def test_the_drawers_forms_answer_in_the_drawer_and_show_a_refusal_there(board, page, tmp_path, output_dir):
     project = add_project(board, tmp_path / "drawer-forms-repo", "drawer-forms")
