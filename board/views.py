@@ -688,7 +688,7 @@ def card_choose(request, card_id):
         except (BoardError, worktrees.GitError) as exc:
             error, status = str(exc), 409
         else:
-            access.audit(request.user, "choose", card=card, mode=mode or "")
+            access.audit(request.user, "choose", card=card, mode=mode or card.effective_land_mode)
             messages.success(request, f"Chose #{card.pk}. {note}")
             return redirect("board", project_id=card.project_id)
     context = _compare_context(Card.objects.select_related("project", "agent", "current_run").get(pk=card.pk))

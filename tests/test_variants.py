@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 
 from agents import runner
-from board.models import Agent, Card, Column, Run, RunState
+from board.models import Agent, AuditEntry, Card, Column, Run, RunState
 from tests.conftest import git
 
 pytestmark = pytest.mark.django_db
@@ -146,6 +146,8 @@ def test_landing_the_chosen_one_lands_it_and_removes_the_others_worktrees_branch
     chosen.refresh_from_db()
     assert chosen.column == Column.DONE and chosen.landed_commit == git(project.repo_path, "rev-parse", "main").strip()
     assert chosen.variant_of_id is None, "alone, it leaves the group"
+    entry = AuditEntry.objects.get(action="choose")
+    assert entry.card_id_ref == chosen.pk and entry.detail == {"mode": project.land_mode}, "the mode it landed by"
     assert git(project.repo_path, "show", "main:two-b.txt").strip() == "b"
     assert not Card.objects.filter(pk__in=[c.pk for c in others]).exists()
     for other in others:
