@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,16 +166,15 @@ def fake_llm():
     llm.stop()
 
 
-@pytest.fixture(scope="session")
-def board(e2e_dir, output_dir):
-    """``./run --port N``, as the README starts the board, with its own data folder and two workers.
-    Stopped with SIGINT (Ctrl-C) at the end; every process it started must be gone."""
+@contextmanager
+def running_board(data_dir: Path, log_path: Path, **extra_env: str):
+    """``./run --port N`` on a free port with ``data_dir`` (made here) as its data folder, its
+    output in ``log_path`` and ``extra_env`` added to the environment; yields the Board once it
+    answers. Stopped with SIGINT (Ctrl-C) at the end; every process it started must be gone."""
     port = free_port()
-    data_dir = e2e_dir / "data"
     data_dir.mkdir()
-    log_path = session_log(output_dir)
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    env.update(BOARD_DATA_DIR=str(data_dir), BOARD_WORKERS="2", FAKE_LLM_KEY=FAKE_LLM_KEY, PYTHONUNBUFFERED="1")
+    env.update(BOARD_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **extra_env)
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             ["./run", "--port", str(port)],
@@ -196,6 +196,14 @@ def board(e2e_dir, output_dir):
         yield board
     finally:
         _stop(board)
+
+
+@pytest.fixture(scope="session")
+def board(e2e_dir, output_dir):
+    """``./run --port N``, as the README starts the board, with its own data folder and two workers
+    (running_board)."""
+    with running_board(e2e_dir / "data", session_log(output_dir), BOARD_WORKERS="2", FAKE_LLM_KEY=FAKE_LLM_KEY) as board:
+        yield board
 
 
 def _stop(board: Board) -> None:

@@ -5,15 +5,10 @@ test-output/e2e."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
-
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import free_port
-from tests.e2e.conftest import NOT_INHERITED, REPO_ROOT, START_TIMEOUT, Board, _stop, _tree, git
+from tests.e2e.conftest import git, running_board, session_log
 
 pytestmark = pytest.mark.e2e
 
@@ -22,34 +17,11 @@ PASSWORD = "a long e2e password"
 
 @pytest.fixture(scope="module")
 def login_board(tmp_path_factory, output_dir):
-    """``./run --port N`` with BOARD_LOGIN_REQUIRED=true and a data folder of its own; stopped with
-    SIGINT at the end, every process gone (conftest's _stop)."""
-    import os
-
-    port = free_port()
-    data_dir = tmp_path_factory.mktemp("login") / "data"
-    data_dir.mkdir()
-    log_path = output_dir / "login-board.log"
-    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    env.update(BOARD_DATA_DIR=str(data_dir), BOARD_WORKERS="1", BOARD_LOGIN_REQUIRED="true", PYTHONUNBUFFERED="1")
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(["./run", "--port", str(port)], cwd=REPO_ROOT, env=env, start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
-    board = Board(url=f"http://127.0.0.1:{port}", port=port, proc=proc, data_dir=data_dir, log_path=log_path, env=env)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "Board running at http://" not in board.log():
-            if proc.poll() is not None:
-                pytest.fail(f"./run exited with status {proc.returncode} before the board ran:\n{board.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"The board did not start within {START_TIMEOUT:.0f} s:\n{board.log()}")
-            time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", port), 5):
-            pass
-        board.tree = _tree(proc.pid)
+    """``./run --port N`` with BOARD_LOGIN_REQUIRED=true and a data folder of its own
+    (conftest's running_board: stopped with SIGINT at the end, every process gone)."""
+    with running_board(tmp_path_factory.mktemp("login") / "data", session_log(output_dir, "login-board"),
+                       BOARD_WORKERS="1", BOARD_LOGIN_REQUIRED="true") as board:
         yield board
-    finally:
-        _stop(board)
 
 
 def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board_and_a_member_more(login_board, page, tmp_path, output_dir):
