@@ -10,8 +10,6 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import git
-
 pytestmark = pytest.mark.e2e
 
 LIVE = 60_000  # ms for a command agent's run to end
@@ -34,13 +32,8 @@ def add_card_by_keys(page, title: str, agent: str, labels: str) -> None:
     expect(page.locator("#card-form [name=title]")).to_have_value("")
 
 
-def test_keys_search_filters_title_count_and_dark_mode(board, page, tmp_path, output_dir):
-    repo = tmp_path / "ux-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# UX\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
+def test_keys_search_filters_title_count_and_dark_mode(board, page, make_repo, output_dir):
+    repo = make_repo("ux-repo")
     project = board.manage("project", "add", str(repo), "--name", "ux").strip().splitlines()[-1]
     board.manage("agent", "add", "e2e-ux-ok", "--command", "echo 'all done' > DONE.md; sleep 1; echo done")
     board.manage("agent", "add", "e2e-ux-fail", "--command", "sleep 1; echo broken; exit 3")

@@ -18,13 +18,8 @@ pytestmark = pytest.mark.e2e
 LIVE = 60_000  # ms for both runs to reach Review
 
 
-def test_a_card_started_on_two_agents_is_compared_and_the_chosen_one_lands(board, browser, page, tmp_path):
-    repo = tmp_path / "compare-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Compare\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
+def test_a_card_started_on_two_agents_is_compared_and_the_chosen_one_lands(board, browser, page, make_repo):
+    repo = make_repo("compare-repo")
     project = board.manage("project", "add", str(repo), "--name", "compare").strip().splitlines()[-1]
     board.manage("agent", "add", "e2e-brief", "--command", "echo short > BRIEF.md")
     board.manage("agent", "add", "e2e-thorough", "--command",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import OUTPUT_DIR, git
+from tests.e2e.conftest import OUTPUT_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,8 @@ def ids_in(page, column: str) -> list[int]:
             page.locator(f"#list-{column} > article.card").evaluate_all("els => els.map(e => e.id)")]
 
 
-def test_cards_are_dragged_between_and_within_columns_by_the_server_s_rules(board, page, tmp_path):
-    repo = tmp_path / "dnd-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Drag and drop\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
+def test_cards_are_dragged_between_and_within_columns_by_the_server_s_rules(board, page, make_repo):
+    repo = make_repo("dnd-repo")
     project = board.manage("project", "add", str(repo), "--name", "dnd").strip().splitlines()[-1]
     board.manage("agent", "add", "e2e-dragged", "--command", "sleep 1; echo dragged > DRAGGED.md; echo wrote DRAGGED.md")
 

@@ -16,13 +16,8 @@ from tests.e2e.conftest import OUTPUT_DIR, git
 pytestmark = pytest.mark.e2e
 
 
-def test_a_card_landed_from_its_page_moves_to_done_live_on_the_board(board, browser, page, tmp_path):
-    repo = tmp_path / "landing-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Landing\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
+def test_a_card_landed_from_its_page_moves_to_done_live_on_the_board(board, browser, page, make_repo):
+    repo = make_repo("landing-repo")
     project = board.manage("project", "add", str(repo), "--name", "landing").strip().splitlines()[-1]
     board.manage("agent", "add", "e2e-lander", "--command", "echo 'landed by the board' > LANDED.md; echo wrote LANDED.md")
     card = board.manage("card", "add", "--project", project, "--title", "Write LANDED.md",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import git, running_board, session_log
+from tests.e2e.conftest import running_board, session_log
 
 pytestmark = pytest.mark.e2e
 
@@ -24,13 +24,8 @@ def login_board(tmp_path_factory, output_dir):
         yield board
 
 
-def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board_and_a_member_more(login_board, page, tmp_path, output_dir):
-    repo = tmp_path / "login-repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# Login\n")
-    git(repo, "add", "README.md")
-    git(repo, "commit", "-q", "-m", "Initial commit")
+def test_a_viewer_logs_in_through_the_login_page_and_sees_the_board_and_a_member_more(login_board, page, make_repo, output_dir):
+    repo = make_repo("login-repo")
     project_id = login_board.manage("project", "add", str(repo), "--name", "shared-project").strip().splitlines()[-1]
     login_board.manage("card", "add", "--project", project_id, "--title", "Read me, do not start me")
     login_board.manage("shell", "-c", f"from django.contrib.auth.models import User; User.objects.create_user('vera', password={PASSWORD!r})")
