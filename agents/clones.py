@@ -26,7 +26,7 @@ import fcntl
 import os
 import re
 
-from agents.worktrees import Commit, GitError, NotARepository, _check_commit, _commit_of, _git, _tail
+from agents.worktrees import Commit, GitError, NotARepository, _check_commit, _commit_of, _git, _tail, commits_between
 
 __all__ = [
     "RemoteUnreachable",
@@ -267,17 +267,7 @@ def pushed_commits(path: str, base_commit: str, branch: str) -> list[Commit]:
     tip = remote_tip(repo, branch)
     if tip is None:
         return []
-    base = _check_commit(repo, base_commit)
-    out = _git(
-        repo, "log", "--reverse", "--no-show-signature", "-z", "--format=%H%n%an%n%aI%n%s", f"{base}..{tip}",
-        doing="list the pushed commits", read_only=True,
-    ).out
-    commits = []
-    for record in out.split("\0"):
-        if record.strip():
-            sha, author, date, subject = (record.lstrip("\n").split("\n", 3) + ["", "", ""])[:4]
-            commits.append(Commit(sha=sha, subject=subject, author=author, date=date))
-    return commits
+    return commits_between(repo, _check_commit(repo, base_commit), tip, doing="list the pushed commits")
 
 
 @contextlib.contextmanager

@@ -831,10 +831,16 @@ def new_commits(worktree_path: str, base_commit: str) -> list[Commit]:
     ``base_commit`` is not a commit of the repository.
     """
     wt = _worktree(worktree_path)
-    base = _check_commit(wt, base_commit)
+    return commits_between(wt, _check_commit(wt, base_commit), "HEAD", doing="list the new commits")
+
+
+def commits_between(repo: str, base: str, tip: str, doing: str) -> list[Commit]:
+    """The commits of ``git log base..tip`` in the repository at ``repo`` (an absolute path),
+    oldest first, as :class:`Commit` values. Raises :class:`GitError` saying ``doing`` when git
+    fails."""
     out = _git(
-        wt, "log", "--reverse", "--no-show-signature", "-z", "--format=%H%n%an%n%aI%n%s", f"{base}..HEAD",
-        doing="list the new commits", read_only=True,
+        repo, "log", "--reverse", "--no-show-signature", "-z", "--format=%H%n%an%n%aI%n%s", f"{base}..{tip}",
+        doing=doing, read_only=True,
     ).out
     commits = []
     for record in out.split("\0"):
