@@ -152,16 +152,13 @@ def clean_no_key(value: str) -> str:
 HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
 
 
-def clean_api_base(value: str) -> str:
-    """An http(s) URL with a host (a name, one-label intranet names included, or an IP address),
-    a port up to 65535 and no spaces or control characters; or empty."""
+def http_url(value: str, message: str) -> str:
+    """``value`` (stripped) if it is an http(s) URL with a host (a name, one-label intranet names
+    included, or an IP address), a port from 1 to 65535 and no spaces or control characters;
+    raises ValidationError(``message``) otherwise."""
     import ipaddress
     from urllib.parse import urlsplit
 
-    value = (value or "").strip()
-    if not value:
-        return value
-    message = "The API base must be an http:// or https:// URL, such as http://127.0.0.1:11434/v1."
     if not value.isprintable() or any(ch.isspace() for ch in value):
         raise forms.ValidationError(message)
     try:
@@ -178,6 +175,14 @@ def clean_api_base(value: str) -> str:
     if parts.scheme not in ("http", "https") or not good_host or port == 0:
         raise forms.ValidationError(message)
     return value
+
+
+def clean_api_base(value: str) -> str:
+    """An http(s) URL (http_url), or empty."""
+    value = (value or "").strip()
+    if not value:
+        return value
+    return http_url(value, "The API base must be an http:// or https:// URL, such as http://127.0.0.1:11434/v1.")
 
 
 def clean_model(value: str) -> str:
@@ -726,28 +731,11 @@ WEBHOOK_URL_MESSAGE = "Give an http:// or https:// URL, such as https://hooks.sl
 
 
 def clean_webhook_url(value: str) -> str:
-    """A URL the board may POST to: http or https, a host (a name, one-label intranet names
-    included, or an IP address), a port up to 65535, no spaces or control characters."""
-    import ipaddress
-    from urllib.parse import urlsplit
-
+    """A URL the board may POST to: an http(s) URL (http_url) of at most 2,000 characters."""
     value = (value or "").strip()
-    if not value.lower().startswith(("http://", "https://")) or not value.isprintable() or " " in value:
+    if len(value) > 2000:
         raise forms.ValidationError(WEBHOOK_URL_MESSAGE)
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # ValueError beyond 65535
-    except ValueError:
-        raise forms.ValidationError(WEBHOOK_URL_MESSAGE) from None
-    host = parts.hostname or ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not HOST_NAME.match(host):
-            raise forms.ValidationError(WEBHOOK_URL_MESSAGE) from None
-    if port == 0 or len(value) > 2000:
-        raise forms.ValidationError(WEBHOOK_URL_MESSAGE)
-    return value
+    return http_url(value, WEBHOOK_URL_MESSAGE)
 
 
 class WebhookForm(forms.Form):
